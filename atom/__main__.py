@@ -1,0 +1,5 @@
+import sys
+
+from atom.cli import main
+
+sys.exit(main())

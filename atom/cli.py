@@ -1,0 +1,89 @@
+"""`atom`: one command, a subcommand per stage.
+
+Every stage subcommand takes a YAML config, any number of `--set dotted.key=value` overrides and
+`--dry-run` (print the resolved config and the plan, touch nothing). User errors (bad config, bad
+paths) print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from data_pipeline.config import ConfigError, load_config
+from data_pipeline.stage import Stage
+
+EXIT_USER_ERROR = 2
+
+# Stage name -> ("module:attribute" of its `Stage`, one-line help). Imported only when that
+# subcommand runs, so `atom --help` stays fast and one stage's heavy imports never slow another.
+STAGES: dict[str, tuple[str, str]] = {
+    "quickstart": ("atom.quickstart:STAGE", "run the whole pipeline on the bundled corpus"),
+}
+# Subcommands whose config argument may be left out.
+DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}
+
+
+def load_stage(name: str) -> Stage:
+    module, attr = STAGES[name][0].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atom",
+        description="atom: raw text -> curated data -> tokens -> pretrained and mid-trained MoE -> release.",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subcommands.required = True
+    for name, (_, summary) in STAGES.items():
+        sub = subcommands.add_parser(name, help=summary, description=summary)
+        add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        parser.add_argument("config", nargs="?", help="YAML config file (default: the bundled one)")
+    else:
+        parser.add_argument("config", help="YAML config file")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. --set trainer.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan; run nothing")
+
+
+def run_stage(name: str, args: argparse.Namespace) -> int:
+    stage = load_stage(name)
+    if args.config is None:
+        module, attr = DEFAULT_CONFIGS[name].split(":")
+        args.config = str(getattr(importlib.import_module(module), attr))
+    config = load_config(stage.config_cls, args.config, args.overrides)
+    if args.dry_run:
+        print(f"# atom {name}: resolved config ({args.config})")
+        print(config.to_yaml(), end="")
+        print(f"# plan: {name} would")
+        for step in stage.plan(config):
+            print(f"#   - {step}")
+        return 0
+    stage.run(config)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_stage(args.command, args)
+    except ConfigError as exc:
+        print(f"atom {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"atom {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

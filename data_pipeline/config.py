@@ -1,0 +1,267 @@
+"""Typed, validated YAML configs shared by every stage.
+
+A config file is YAML validated by a pydantic model (`ConfigModel`): unknown keys, wrong types and
+missing required fields are errors naming the file and the dotted key that caused them. A file may
+`extends:` one or more base files (paths relative to itself); later files and `--set key=value`
+overrides win. The origin of every key is tracked so that an error points at the file that wrote it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+EXTENDS_KEY = "extends"
+OVERRIDE_ORIGIN = "--set"
+
+C = TypeVar("C", bound="ConfigModel")
+
+
+class ConfigError(Exception):
+    """A user error in a config file or override: printed as one line, exit code 2."""
+
+
+class ConfigModel(BaseModel):
+    """Base of every config: strict about keys, lax only where YAML is (ints become floats)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files with `extends:`
+# ---------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML mapping from `path`, or a ConfigError saying why not."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: unreadable YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, top: Mapping, origins: dict[str, str], origin: str | None,
+                prefix: str = "") -> dict:
+    """`top` over `base`, recursively; records `origin` for each key `top` sets (None: keep as is)."""
+    out = dict(base)
+    for key, value in top.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, origins, origin, dotted + ".")
+        else:
+            out[key] = value
+            if origin is not None:
+                _record_origins(value, dotted, origins, origin)
+    return out
+
+
+def _record_origins(value: Any, dotted: str, origins: dict[str, str], origin: str) -> None:
+    origins[dotted] = origin
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _record_origins(sub, f"{dotted}.{key}", origins, origin)
+
+
+def load_yaml_tree(path: Path, origins: dict[str, str], _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read `path`, resolving `extends:` (a path or list of paths, relative to the file)."""
+    path = path.resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"{path}: circular 'extends': {chain}")
+    data = read_yaml(path)
+    bases = data.pop(EXTENDS_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: key '{EXTENDS_KEY}' must be a path or a list of paths")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: key '{EXTENDS_KEY}': base file not found: {base_path}")
+        # The recursive call recorded where each base key came from; keep those origins.
+        merged = _deep_merge(merged, load_yaml_tree(base_path, origins, (*_stack, path)), origins, None)
+    return _deep_merge(merged, data, origins, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# `--set dotted.key=value` overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """YAML-typed value for an override; also accepts `3e-4` (a float) which YAML 1.1 reads as text."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _field_type_at(model: type[BaseModel], parts: list[str], dotted: str) -> None:
+    """Raise a ConfigError if `parts` does not name a field path of `model`."""
+    current: Any = model
+    for i, part in enumerate(parts):
+        so_far = ".".join(parts[: i + 1])
+        submodel = _as_model(current)
+        if submodel is not None:
+            if part not in submodel.model_fields:
+                raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: unknown key '{so_far}'" + _suggest(part, submodel))
+            current = submodel.model_fields[part].annotation
+            continue
+        if _is_mapping_type(current):
+            current = typing.get_args(current)[1] if len(typing.get_args(current)) == 2 else Any
+            continue
+        parent = ".".join(parts[:i])
+        raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' is not a section, has no key '{part}'")
+
+
+def _as_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+    return None
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return tp is dict or origin is dict or (isinstance(origin, type) and issubclass(origin, Mapping))
+
+
+def _suggest(key: str, model: type[BaseModel]) -> str:
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], model: type[BaseModel], origins: dict[str, str]
+) -> dict[str, Any]:
+    """Apply `key=value` strings to the raw config tree, checking each key against `model`."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{OVERRIDE_ORIGIN} {item!r}: expected dotted.key=value")
+        dotted, text = item.split("=", 1)
+        dotted = dotted.strip()
+        parts = dotted.split(".")
+        if not all(parts):
+            raise ConfigError(f"{OVERRIDE_ORIGIN} {item!r}: empty key")
+        _field_type_at(model, parts, dotted)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = parse_value(text)
+        _record_origins(node[parts[-1]], dotted, origins, OVERRIDE_ORIGIN)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation with errors that name file and key
+# ---------------------------------------------------------------------------------------------
+
+
+def _origin_of(dotted: str, origins: Mapping[str, str], default: str) -> str:
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        origin = origins.get(".".join(parts[:n]))
+        if origin:
+            return origin
+    return default
+
+
+def _model_at(model: type[BaseModel], parts: Sequence[Any]) -> type[BaseModel] | None:
+    """The config model that holds the key at `parts` (its parent section), if it is one."""
+    current: Any = model
+    for part in parts[:-1]:
+        sub = _as_model(current)
+        if sub is not None and part in sub.model_fields:
+            current = sub.model_fields[part].annotation
+        elif _is_mapping_type(current) or typing.get_origin(current) in (list, tuple):
+            args = typing.get_args(current)
+            current = args[-1] if args else Any
+        else:
+            return None
+    return _as_model(current)
+
+
+def format_validation_error(exc: ValidationError, origins: Mapping[str, str], default: str,
+                            model: type[BaseModel] | None = None) -> str:
+    lines = []
+    for err in exc.errors():
+        dotted = ".".join(str(p) for p in err["loc"]) or "<root>"
+        where = _origin_of(dotted, origins, default)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, err["loc"]) if model is not None else None
+            what = "unknown key" + (_suggest(str(err["loc"][-1]), parent) if parent else "")
+        elif err["type"] == "missing":
+            what = "missing required key"
+            where = default
+        else:
+            what = f"{err['msg']} (got {err.get('input')!r})"
+        lines.append(f"{where}: key '{dotted}': {what}")
+    return "; ".join(lines)
+
+
+def validate(model: type[C], data: Mapping[str, Any], origins: Mapping[str, str] | None = None,
+             source: str = "<config>") -> C:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origins or {}, source, model)) from None
+
+
+def load_config(model: type[C], path: str | Path, overrides: Iterable[str] = ()) -> C:
+    """Read `path` (with its `extends:` chain), apply `--set` overrides and validate against `model`."""
+    path = Path(path)
+    origins: dict[str, str] = {}
+    data = load_yaml_tree(path, origins)
+    data = apply_overrides(data, overrides, model, origins)
+    return validate(model, data, origins, str(path.resolve()))
+
+
+class RunConfig(ConfigModel):
+    """Where a stage writes and with which seed; every stage config has one under `run:`."""
+
+    dir: str
+    seed: int = 0
+    overwrite: bool = False

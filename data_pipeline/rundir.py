@@ -1,0 +1,96 @@
+"""Run directories: where every stage writes its resolved config, logs and manifest.
+
+A run directory belongs to one config. Starting a stage in a directory that holds a run of a different
+config is an error (a run never overwrites another run silently); starting it again with the same
+config resumes or re-runs in place, which is what preempted SLURM jobs need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipeline.config import ConfigError, ConfigModel
+
+CONFIG_FILE = "config.yaml"
+LOG_DIR = "logs"
+
+
+def config_digest(config: ConfigModel) -> str:
+    """sha256 of the config's canonical JSON: the identity of a run."""
+    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Canonical JSON (sorted keys, fixed indent, trailing newline): same object, same bytes."""
+    write_atomic(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+
+
+class RunDir:
+    """A stage's output directory, claimed for one config."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path = Path(path)
+        self.stage = stage
+
+    @classmethod
+    def claim(cls, path: str | Path, stage: str, config: ConfigModel, overwrite: bool = False) -> RunDir:
+        """Create (or re-enter) `path` for `config`; refuse a directory that holds another run."""
+        run = cls(Path(path), stage)
+        saved = run.path / CONFIG_FILE
+        digest = config_digest(config)
+        if saved.exists() and not overwrite:
+            header = saved.read_text(encoding="utf-8").splitlines()[:2]
+            if f"# config-sha256: {digest}" not in header:
+                raise ConfigError(
+                    f"{run.path}: run directory holds a run of a different config ({saved}); "
+                    "choose another run directory or set run.overwrite=true"
+                )
+        elif not saved.exists() and run.path.exists() and any(run.path.iterdir()) and not overwrite:
+            raise ConfigError(
+                f"{run.path}: directory exists and is not a run directory of atom; "
+                "choose another run directory or set run.overwrite=true"
+            )
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / LOG_DIR).mkdir(exist_ok=True)
+        body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+        write_atomic(saved, f"# atom {stage} config\n# config-sha256: {digest}\n{body}")
+        return run
+
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    def logger(self, name: str | None = None) -> logging.Logger:
+        """A logger that writes to logs/<stage>.log in this run directory and to the console."""
+        logger = logging.getLogger(f"atom.{name or self.stage}")
+        log_path = (self.path / LOG_DIR / f"{self.stage}.log").resolve()
+        if not any(getattr(h, "baseFilename", None) == str(log_path) for h in logger.handlers):
+            handler = logging.FileHandler(log_path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        return logger

@@ -1,0 +1,114 @@
+"""The config system: typed values, `extends:`, overrides, and errors that name file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig, load_config, parse_value
+
+
+class Optim(ConfigModel):
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+class Trainer(ConfigModel):
+    steps: int
+    optim: Optim
+    tags: dict[str, str] = {}
+
+
+class Experiment(ConfigModel):
+    run: RunConfig
+    trainer: Trainer
+    name: str = "exp"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return write(tmp_path / "base.yaml", "run: {dir: runs/x}\ntrainer:\n  steps: 10\n  optim: {lr: 0.001}\n")
+
+
+def test_extends_merges_deeply_and_child_wins(tmp_path: Path, base: Path):
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrainer:\n  optim: {lr: 0.5}\nname: child\n")
+    cfg = load_config(Experiment, child)
+    assert cfg.trainer.steps == 10 and cfg.trainer.optim.lr == 0.5 and cfg.name == "child"
+
+
+def test_set_overrides_are_typed(base: Path):
+    cfg = load_config(Experiment, base, ["trainer.optim.lr=3e-4", "trainer.steps=7", "run.overwrite=true",
+                                         "trainer.tags.team=data"])
+    assert cfg.trainer.optim.lr == pytest.approx(3e-4) and isinstance(cfg.trainer.optim.lr, float)
+    assert cfg.trainer.steps == 7 and cfg.run.overwrite is True and cfg.trainer.tags == {"team": "data"}
+
+
+@pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("12", 12), ("true", True), ("[1, 2]", [1, 2]),
+                                        ("abc", "abc"), ("null", None)])
+def test_parse_value(text, value):
+    assert parse_value(text) == value
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path: Path, base: Path):
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrainer:\n  optim: {lrr: 0.5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Experiment, child)
+    assert str(child.resolve()) in str(err.value) and "trainer.optim.lrr" in str(err.value)
+    assert "unknown key" in str(err.value) and "did you mean 'lr'" in str(err.value)
+
+
+def test_error_in_base_file_names_the_base(tmp_path: Path):
+    base = write(tmp_path / "base.yaml", "run: {dir: r}\ntrainer:\n  steps: ten\n  optim: {lr: 1}\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\nname: c\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Experiment, child)
+    assert str(base.resolve()) in str(err.value) and "trainer.steps" in str(err.value)
+
+
+def test_missing_required_key(tmp_path: Path):
+    cfg = write(tmp_path / "c.yaml", "run: {dir: r}\ntrainer: {optim: {lr: 1}}\n")
+    with pytest.raises(ConfigError, match=r"key 'trainer.steps': missing required key"):
+        load_config(Experiment, cfg)
+
+
+def test_set_on_unknown_key_is_an_error_with_suggestion(base: Path):
+    expected = r"--set trainer.optim.lrate.*unknown key 'trainer.optim.lrate'.*'lr'"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(Experiment, base, ["trainer.optim.lrate=1"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        load_config(Experiment, base, ["trainer.steps.x=1"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(Experiment, base, ["trainer.steps"])
+
+
+def test_set_with_wrong_type_names_override(base: Path):
+    with pytest.raises(ConfigError, match=r"--set: key 'trainer.steps'"):
+        load_config(Experiment, base, ["trainer.steps=many"])
+
+
+def test_file_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Experiment, tmp_path / "nope.yaml")
+    bad = write(tmp_path / "bad.yaml", "trainer: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: unreadable YAML"):
+        load_config(Experiment, bad)
+    scalar = write(tmp_path / "scalar.yaml", "42\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(Experiment, scalar)
+
+
+def test_circular_extends(tmp_path: Path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular 'extends'"):
+        load_config(Experiment, tmp_path / "a.yaml")
+
+
+def test_missing_base(tmp_path: Path):
+    write(tmp_path / "a.yaml", "extends: gone.yaml\n")
+    with pytest.raises(ConfigError, match="base file not found"):
+        load_config(Experiment, tmp_path / "a.yaml")
