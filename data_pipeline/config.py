@@ -65,18 +65,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict, top: Mapping, origins: dict[str, str], origin: str | None,
-                prefix: str = "") -> dict:
-    """`top` over `base`, recursively; records `origin` for each key `top` sets (None: keep as is)."""
+def _deep_merge(base: dict, top: Mapping) -> dict:
+    """`top` over `base`, recursively."""
     out = dict(base)
     for key, value in top.items():
-        dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value, origins, origin, dotted + ".")
+            out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
-            if origin is not None:
-                _record_origins(value, dotted, origins, origin)
     return out
 
 
@@ -84,31 +80,50 @@ def _record_origins(value: Any, dotted: str, origins: dict[str, str], origin: st
     origins[dotted] = origin
     if isinstance(value, Mapping):
         for key, sub in value.items():
-            _record_origins(sub, f"{dotted}.{key}", origins, origin)
+            if key != EXTENDS_KEY:
+                _record_origins(sub, f"{dotted}.{key}", origins, origin)
 
 
-def load_yaml_tree(path: Path, origins: dict[str, str], _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read `path`, resolving `extends:` (a path or list of paths, relative to the file)."""
+def load_yaml_tree(path: Path, origins: dict[str, str], prefix: str = "",
+                   _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read `path`, resolving `extends:` (a path or list of paths, relative to the file).
+
+    `extends:` may appear in any section too (`model: {extends: ../model/tiny.yaml, d_model: 64}`):
+    the base file then fills that section. Precedence, lowest first: the file's bases, the bases of its
+    sections, the file's own keys. `origins` maps each dotted key to the file that set it last.
+    """
     path = path.resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"{path}: circular 'extends': {chain}")
-    data = read_yaml(path)
+    return _resolve_section(read_yaml(path), path, origins, prefix, (*_stack, path))
+
+
+def _resolve_section(data: dict[str, Any], path: Path, origins: dict[str, str], prefix: str,
+                     stack: tuple[Path, ...]) -> dict[str, Any]:
+    data = dict(data)
     bases = data.pop(EXTENDS_KEY, None)
     if bases is None:
         bases = []
     elif isinstance(bases, str):
         bases = [bases]
     elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise ConfigError(f"{path}: key '{EXTENDS_KEY}' must be a path or a list of paths")
+        raise ConfigError(f"{path}: key '{prefix}{EXTENDS_KEY}' must be a path or a list of paths")
     merged: dict[str, Any] = {}
     for base in bases:
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base_path = path.parent / base
         if not base_path.is_file():
-            raise ConfigError(f"{path}: key '{EXTENDS_KEY}': base file not found: {base_path}")
-        # The recursive call recorded where each base key came from; keep those origins.
-        merged = _deep_merge(merged, load_yaml_tree(base_path, origins, (*_stack, path)), origins, None)
-    return _deep_merge(merged, data, origins, str(path))
+            raise ConfigError(f"{path}: key '{prefix}{EXTENDS_KEY}': base file not found: {base_path}")
+        merged = _deep_merge(merged, load_yaml_tree(base_path, origins, prefix, stack))
+    for key, value in data.items():
+        if isinstance(value, dict):
+            data[key] = _resolve_section(value, path, origins, f"{prefix}{key}.", stack)
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            _record_origins(value, f"{prefix}{key}", origins, str(path))
+        elif f"{prefix}{key}" not in origins:
+            origins[f"{prefix}{key}"] = str(path)
+    return _deep_merge(merged, data)
 
 
 # ---------------------------------------------------------------------------------------------

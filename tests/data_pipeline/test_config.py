@@ -112,3 +112,16 @@ def test_missing_base(tmp_path: Path):
     write(tmp_path / "a.yaml", "extends: gone.yaml\n")
     with pytest.raises(ConfigError, match="base file not found"):
         load_config(Experiment, tmp_path / "a.yaml")
+
+
+def test_section_extends_fills_one_section(tmp_path: Path):
+    (tmp_path / "optim").mkdir()
+    optim = write(tmp_path / "optim" / "adam.yaml", "lr: 0.01\nbetas: [0.8, 0.9]\n")
+    cfg_path = write(tmp_path / "c.yaml", "run: {dir: r}\ntrainer:\n  steps: 3\n  optim:\n"
+                                          "    extends: optim/adam.yaml\n    lr: 0.02\n")
+    cfg = load_config(Experiment, cfg_path)
+    assert cfg.trainer.optim.lr == 0.02 and cfg.trainer.optim.betas == (0.8, 0.9)
+    write(optim, "lr: 0.01\nbetas: [0.8, 0.9]\nmomentum: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Experiment, cfg_path)
+    assert str(optim.resolve()) in str(err.value) and "trainer.optim.momentum" in str(err.value)
