@@ -50,6 +50,21 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config trees (added and removed keys included)."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+
 class RunDir:
     """A stage's output directory, claimed for one config."""
 
@@ -58,18 +73,28 @@ class RunDir:
         self.stage = stage
 
     @classmethod
-    def claim(cls, path: str | Path, stage: str, config: ConfigModel, overwrite: bool = False) -> RunDir:
-        """Create (or re-enter) `path` for `config`; refuse a directory that holds another run."""
+    def claim(cls, path: str | Path, stage: str, config: ConfigModel, overwrite: bool = False,
+              resumable_changes: tuple[str, ...] = ()) -> RunDir:
+        """Create (or re-enter) `path` for `config`; refuse a directory that holds another run.
+
+        Re-entering with a config that differs only in keys under `resumable_changes` (dotted
+        prefixes, e.g. "trainer.max_steps") is allowed: the previous config is kept beside the new one.
+        """
         run = cls(Path(path), stage)
         saved = run.path / CONFIG_FILE
         digest = config_digest(config)
         if saved.exists() and not overwrite:
-            header = saved.read_text(encoding="utf-8").splitlines()[:2]
-            if f"# config-sha256: {digest}" not in header:
-                raise ConfigError(
-                    f"{run.path}: run directory holds a run of a different config ({saved}); "
-                    "choose another run directory or set run.overwrite=true"
-                )
+            text = saved.read_text(encoding="utf-8")
+            if f"# config-sha256: {digest}" not in text.splitlines()[:2]:
+                changed = changed_keys(yaml.safe_load(text) or {}, config.to_dict())
+                refused = [k for k in changed if not k.startswith(tuple(resumable_changes))]
+                if refused:
+                    raise ConfigError(
+                        f"{run.path}: run directory holds a run of a different config ({saved}): "
+                        f"changed {', '.join(refused[:5])}; choose another run directory or set run.overwrite=true"
+                    )
+                old_digest = text.splitlines()[1].removeprefix("# config-sha256: ")[:12]
+                write_atomic(run.path / f"config.before-{old_digest}.yaml", text)
         elif not saved.exists() and run.path.exists() and any(run.path.iterdir()) and not overwrite:
             raise ConfigError(
                 f"{run.path}: directory exists and is not a run directory of atom; "

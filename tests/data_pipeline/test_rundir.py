@@ -46,3 +46,14 @@ def test_write_json_is_canonical(tmp_path: Path):
     write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     write_json(tmp_path / "b.json", {"a": [1, 2], "b": 1})
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_resumable_changes_are_accepted_others_named(tmp_path: Path):
+    cfg = Cfg(run=RunConfig(dir=str(tmp_path / "r")))
+    RunDir.claim(cfg.run.dir, "toy", cfg)
+    more = Cfg(run=RunConfig(dir=cfg.run.dir, seed=5), lr=0.1)
+    with pytest.raises(ConfigError, match=r"changed run.seed"):
+        RunDir.claim(cfg.run.dir, "toy", more, resumable_changes=("lr",))
+    RunDir.claim(cfg.run.dir, "toy", Cfg(run=cfg.run, lr=0.3), resumable_changes=("lr",))
+    assert yaml.safe_load((tmp_path / "r" / CONFIG_FILE).read_text())["lr"] == 0.3
+    assert list((tmp_path / "r").glob("config.before-*.yaml"))

@@ -1,0 +1,54 @@
+"""Checkpoints are atomic, verified on resume, and pruned by the retention policy."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pretrain.checkpoint import COMPLETE, CheckpointConfig, Checkpointer, list_checkpoints
+from pretrain.engine import _AppState
+
+
+def make(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(3, 8)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_save_load_roundtrip_and_retention(tmp_path: Path):
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=2, keep_every=2))
+    model, opt = make(0)
+    for step in (1, 2, 3, 4, 5):
+        ckpt.save(step, {"app": _AppState(model, opt)}, {"step": step})
+    assert [c.step for c in list_checkpoints(tmp_path)] == [5, 4, 2]
+    other, other_opt = make(1)
+    state = ckpt.load(ckpt.latest_valid(), {"app": _AppState(other, other_opt)})
+    assert state == {"step": 5}
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], other_opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_truncated_checkpoint_falls_back_with_a_warning(tmp_path: Path):
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=3))
+    model, opt = make(0)
+    ckpt.save(1, {"app": _AppState(model, opt)}, {"step": 1})
+    ckpt.save(2, {"app": _AppState(model, opt)}, {"step": 2})
+    victim = max((p for p in (tmp_path / "step_00000002").rglob("*.distcp")), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-10])
+    warnings: list[str] = []
+    assert ckpt.latest_valid(warn=warnings.append).step == 1
+    assert len(warnings) == 1 and "step_00000002" in warnings[0] and "damaged" in warnings[0]
+
+
+def test_partial_directory_is_never_loaded(tmp_path: Path):
+    ckpt = Checkpointer(tmp_path, CheckpointConfig())
+    model, opt = make(0)
+    ckpt.save(1, {"app": _AppState(model, opt)}, {"step": 1})
+    (tmp_path / "step_00000002.partial" / "dcp").mkdir(parents=True)  # a save killed mid-write
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1]
+    (tmp_path / "step_00000001" / COMPLETE).unlink()
+    assert ckpt.latest_valid(warn=lambda m: None) is None
