@@ -1,0 +1,164 @@
+"""Checkpoints that are complete or invisible.
+
+A checkpoint is written into `step_XXXXXXXX.partial/` and renamed to `step_XXXXXXXX/` only after every
+file is on disk and a `COMPLETE.json` (each file's size and sha256) is written. A crash mid-write leaves
+a `.partial` directory that is never loaded; a checkpoint damaged later (a truncated file) fails its
+verification on resume and the previous complete one is used instead, with a warning saying so.
+
+Model and optimizer go through torch.distributed.checkpoint (sharded under FSDP2, plain in one
+process, and loadable into a different number of ranks); the trainer's own state (step, tokens, data
+loader position, schedule) is JSON; RNG states are saved per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from pydantic import Field
+
+from data_pipeline.config import ConfigModel
+from data_pipeline.manifest import file_record, verify_file_record
+from data_pipeline.rundir import write_json
+
+COMPLETE = "COMPLETE.json"
+TRAINER_STATE = "trainer_state.json"
+PARTIAL = ".partial"
+log = logging.getLogger("atom.checkpoint")
+
+
+class CheckpointConfig(ConfigModel):
+    interval: int = Field(100, gt=0)  # steps between checkpoints (one is always written at the end)
+    keep_last: int = Field(2, ge=1)
+    keep_every: int | None = Field(None, gt=0)  # also keep every checkpoint whose step is a multiple
+    verify_hashes: bool = True  # sha256 every file on resume (sizes are always checked)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Checkpoint]:
+    """Renamed (complete-looking) checkpoints, newest first."""
+    found = []
+    for path in root.glob("step_*") if root.is_dir() else []:
+        if path.is_dir() and not path.name.endswith(PARTIAL) and path.name[5:].isdigit():
+            found.append(Checkpoint(path, int(path.name[5:])))
+    return sorted(found, key=lambda c: c.step, reverse=True)
+
+
+def verify(ckpt: Checkpoint, hashes: bool = True) -> str | None:
+    """None when every file listed in COMPLETE.json is present with its size (and hash), else why not."""
+    marker = ckpt.path / COMPLETE
+    if not marker.is_file():
+        return f"{ckpt.path.name}: no {COMPLETE}"
+    try:
+        records = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError) as exc:
+        return f"{ckpt.path.name}: unreadable {COMPLETE}: {exc}"
+    for record in records:
+        if not hashes:
+            path = ckpt.path / record["path"]
+            if not path.is_file() or path.stat().st_size != record["bytes"]:
+                return f"{ckpt.path.name}/{record['path']}: missing or wrong size"
+            continue
+        problem = verify_file_record(record, ckpt.path)
+        if problem:
+            return f"{ckpt.path.name}/{problem}"
+    return None
+
+
+class Checkpointer:
+    """Saves and restores the full training state under `root`, with a retention policy."""
+
+    def __init__(self, root: Path, cfg: CheckpointConfig):
+        self.root = Path(root)
+        self.cfg = cfg
+
+    def save(self, step: int, app_state: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
+        """`app_state`: DCP-able state dicts (model, optimizer); `trainer_state`: JSON-able, same on all ranks."""
+        final = step_dir(self.root, step)
+        partial = final.with_name(final.name + PARTIAL)
+        if _is_main():
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        _barrier()
+        dcp.save(app_state, checkpoint_id=str(partial / "dcp"))
+        torch.save(torch.get_rng_state(), partial / f"rng_rank{_rank():05d}.pt")
+        _barrier()
+        if _is_main():
+            write_json(partial / TRAINER_STATE, trainer_state)
+            files = sorted(p for p in partial.rglob("*") if p.is_file())
+            write_json(partial / COMPLETE, {"step": step, "files": [file_record(p, partial) for p in files]})
+            _fsync_dir(partial)
+            if final.exists():  # a re-save of the same step after a resume: replace it whole
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            _fsync_dir(self.root)
+            self._apply_retention()
+        _barrier()
+        return final
+
+    def latest_valid(self, warn: Callable[[str], None] = log.warning) -> Checkpoint | None:
+        """The newest checkpoint that verifies; each one skipped is reported through `warn`."""
+        for ckpt in list_checkpoints(self.root):
+            problem = verify(ckpt, self.cfg.verify_hashes)
+            if problem is None:
+                return ckpt
+            warn(f"checkpoint {ckpt.path} is damaged ({problem}); falling back to an earlier one")
+        return None
+
+    def load(self, ckpt: Checkpoint, app_state: dict[str, Any]) -> dict[str, Any]:
+        """Fill `app_state` in place from `ckpt`; return its trainer state."""
+        dcp.load(app_state, checkpoint_id=str(ckpt.path / "dcp"))
+        rng = ckpt.path / f"rng_rank{_rank():05d}.pt"
+        if rng.is_file():  # absent when resuming on more ranks than saved: the model uses no randomness
+            torch.set_rng_state(torch.load(rng, weights_only=True))
+        return json.loads((ckpt.path / TRAINER_STATE).read_text())
+
+    def _apply_retention(self) -> None:
+        ckpts = list_checkpoints(self.root)
+        keep = {c.step for c in ckpts[: self.cfg.keep_last]}
+        if self.cfg.keep_every:
+            keep |= {c.step for c in ckpts if c.step % self.cfg.keep_every == 0}
+        for ckpt in ckpts:
+            if ckpt.step not in keep:
+                shutil.rmtree(ckpt.path, ignore_errors=True)
+        for leftover in self.root.glob(f"step_*{PARTIAL}"):  # from runs killed mid-write
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

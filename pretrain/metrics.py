@@ -1,0 +1,111 @@
+"""Training metrics: JSONL (the record), TensorBoard events, the console, and a PNG at the end.
+
+The JSONL file is the source of truth; on resume it is cut back to the checkpoint's step so that a
+restarted run's file reads exactly like an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from data_pipeline.config import ConfigModel
+
+
+class MetricsConfig(ConfigModel):
+    log_every: int = Field(10, gt=0)
+    tensorboard: bool = True
+    plot: bool = True
+    console: bool = True
+    peak_flops_per_device: float | None = Field(None, gt=0)  # for MFU; None: not reported
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep only records with step <= last_step (a resumed run rewrites what came after)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, cfg: MetricsConfig, enabled: bool = True):
+        self.cfg = cfg
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.plot_path = run_dir / "metrics.png"
+        self.tb_dir = run_dir / "tensorboard"
+        self._tb = None
+
+    def start(self, step: int) -> None:
+        """Begin logging after `step` (0 for a fresh run): later records from a killed run are dropped."""
+        if not self.enabled:
+            return
+        truncate_jsonl(self.path, step)
+        if self.cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=step + 1)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                   for k, v in values.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self.cfg.console:
+            shown = {k: v for k, v in values.items() if not k.startswith("moe/layer")}
+            print(f"step {step:>6} | " + " | ".join(_fmt(k, v) for k, v in shown.items()), flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self.enabled and self.cfg.plot and self.path.is_file():
+            plot_metrics(self.path, self.plot_path)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key} {value:.4g}"
+    return f"{key} {value}"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def plot_metrics(jsonl: Path, png: Path) -> None:
+    """Loss (train and validation) and throughput against step, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(jsonl)
+    fig, (ax_loss, ax_tput) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, style in (("loss", "-"), ("val/loss", "o-")):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax_loss.plot(*zip(*points, strict=True), style, label=key, markersize=3)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("cross-entropy (nats)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    points = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
+    if points:
+        ax_tput.plot(*zip(*points, strict=True), "-", color="tab:green")
+    ax_tput.set_xlabel("step")
+    ax_tput.set_ylabel("tokens / s")
+    ax_tput.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
