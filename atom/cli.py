@@ -20,7 +20,13 @@ EXIT_USER_ERROR = 2
 # Stage name -> ("module:attribute" of its `Stage`, one-line help). Imported only when that
 # subcommand runs, so `atom --help` stays fast and one stage's heavy imports never slow another.
 STAGES: dict[str, tuple[str, str]] = {
+    "data": ("data_pipeline.curate:STAGE", "curate raw text into deduplicated, decontaminated Parquet shards"),
     "quickstart": ("atom.quickstart:STAGE", "run the whole pipeline on the bundled corpus"),
+    "tokenizer": ("data_pipeline.tokenizer.train:STAGE", "train a byte-level BPE tokenizer on a curated run"),
+    "tokenize": ("data_pipeline.tokens.tokenize:STAGE",
+                 "tokenize a curated run into token shards with a provenance table and manifest"),
+    "mix": ("data_pipeline.mixture.mix:STAGE", "build a deterministic data mixture over token datasets"),
+    "pretrain": ("pretrain.stage:STAGE", "pretrain the MoE transformer on a tokenized dataset or mixture"),
 }
 # Subcommands whose config argument may be left out.
 DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}
@@ -41,7 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, summary) in STAGES.items():
         sub = subcommands.add_parser(name, help=summary, description=summary)
         add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
+    add_audit_parser(subcommands)
     return parser
+
+
+def add_audit_parser(subcommands: argparse._SubParsersAction) -> None:
+    summary = "verify a token dataset or mixture offline: hashes, counts, provenance, licenses"
+    sub = subcommands.add_parser("audit", help=summary, description=summary)
+    sub.add_argument("path", help="dataset or mixture directory (or its manifest.json)")
+    sub.add_argument("--allow-license", dest="allow_licenses", action="append", default=None, metavar="SPDX",
+                     help="a license the data may carry (repeatable); default: the list the data was built with")
+    sub.add_argument("--config", help="YAML file whose allow_licenses list to use (e.g. the tokenize config)")
+    sub.add_argument("--verbose", "-v", action="store_true", help="print every check, not only failures")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Exit 0 when every check holds, 1 when any fails (each failure printed with its file)."""
+    from data_pipeline.audit import allow_list_from_config, audit
+
+    allow = allow_list_from_config(args.config) if args.config else None
+    if args.allow_licenses:
+        allow = sorted(set(allow or []) | set(args.allow_licenses))
+    report = audit(args.path, allow)
+    print(report.render(verbose=args.verbose))
+    return 0 if report.ok else 1
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -76,6 +105,8 @@ def run_stage(name: str, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "audit":
+            return run_audit(args)
         return run_stage(args.command, args)
     except ConfigError as exc:
         print(f"atom {args.command}: error: {exc}", file=sys.stderr)

@@ -42,3 +42,37 @@ def verify_file_record(record: dict[str, Any], root: Path) -> str | None:
     if sha256_file(path) != record["sha256"]:
         return f"{record['path']}: sha256 differs from the manifest"
     return None
+
+
+def code_version() -> str:
+    """The code that wrote a manifest: `git:<commit>` of this checkout when there is one, else the package."""
+    import subprocess
+    from importlib import metadata
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"atom=={metadata.version('atom')}"
+    except metadata.PackageNotFoundError:
+        return "atom==unknown"
+
+
+def recorded_config(config: Any) -> dict[str, Any]:
+    """A stage config as a manifest records it: resolved, but without `run.dir`/`run.overwrite`.
+
+    The manifest sits in run.dir, so recording it would only make identical builds in two directories
+    differ; every other value (input paths as the user wrote them) is kept.
+    """
+    data = config.to_dict()
+    run = dict(data.get("run") or {})
+    run.pop("dir", None)
+    run.pop("overwrite", None)
+    data["run"] = run
+    return data

@@ -1,0 +1,1 @@
+"""Data mixtures: deterministic document sequences over token datasets for a target token budget."""

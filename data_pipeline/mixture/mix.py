@@ -1,0 +1,273 @@
+"""`atom mix`: a deterministic sequence of documents from token datasets for a target token budget.
+
+Each configured source gets a token target (`tokens`, or `ratio` x `target_tokens`). Its documents are
+taken in a seeded random order, one full pass (epoch) after another, until the target is reached, so no
+document repeats before every document of its source has appeared, and a source overshoots its target
+by less than one document. A target that needs more than `max_repetitions` passes over a source's
+tokens is an error before anything is written. Sources are then interleaved so that every source's
+progress through its target advances evenly along the sequence (a document is placed at the point
+where its source is halfway through it).
+
+The mixture references tokens, it does not copy them: `sequence.npy` (memory-mappable records of
+dataset, shard, start, length, document, epoch, cumulative end) and `sequence.parquet` (the same
+documents with id, source, license) plus `manifest.json` with targets, realised ratios and repetitions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.manifest import code_version, file_record, recorded_config, sha256_file
+from data_pipeline.rundir import RunDir, write_json
+from data_pipeline.stage import Stage
+from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.reader import TokenDataset
+
+SEQUENCE_COLUMNS = {
+    "position": "int64", "dataset": "int32", "doc_index": "int64", "id": "string", "source": "string",
+    "license": "string", "epoch": "int32", "n_tokens": "int64", "mixture_start": "int64",
+}
+
+
+class SourceMix(ConfigModel):
+    ratio: float | None = Field(None, gt=0, le=1)  # share of target_tokens
+    tokens: int | None = Field(None, ge=1)  # or an absolute token count
+    max_repetitions: float | None = Field(None, gt=0)  # overrides the mix-wide cap for this source
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SourceMix:
+        if (self.ratio is None) == (self.tokens is None):
+            raise ValueError("give exactly one of 'ratio' or 'tokens'")
+        return self
+
+
+class MixConfig(ConfigModel):
+    run: RunConfig
+    datasets: list[str] = Field(min_length=1)  # token dataset directories (from `atom tokenize`)
+    target_tokens: int = Field(ge=1)
+    max_repetitions: float = Field(4.0, gt=0)  # most passes over any source's tokens
+    sources: dict[str, SourceMix] = Field(min_length=1)
+
+
+def targets(config: MixConfig) -> dict[str, int]:
+    """Token target per source; they must add up to target_tokens."""
+    out = {name: s.tokens if s.tokens is not None else round(s.ratio * config.target_tokens)
+           for name, s in sorted(config.sources.items())}
+    total = sum(out.values())
+    if abs(total - config.target_tokens) > len(out):
+        raise ConfigError(
+            f"mix: source targets add up to {total} tokens but target_tokens is {config.target_tokens} "
+            f"({', '.join(f'{k}: {v}' for k, v in out.items())}); ratios must sum to 1"
+        )
+    return out
+
+
+def plan(config: MixConfig) -> list[str]:
+    steps = [f"read provenance of {len(config.datasets)} dataset(s): {', '.join(config.datasets)}"]
+    try:
+        goal = targets(config)
+    except ConfigError as exc:
+        return [*steps, f"fail: {exc}"]
+    for name, tokens in goal.items():
+        cap = config.sources[name].max_repetitions or config.max_repetitions
+        steps.append(f"source {name}: {tokens} tokens (at most {cap} passes over its tokens)")
+    steps.append(f"write {fmt.SEQUENCE_ARRAY}, {fmt.SEQUENCE_TABLE}, {fmt.MANIFEST}, {fmt.CROISSANT} "
+                 f"to {config.run.dir}")
+    return steps
+
+
+def _documents(datasets: list[TokenDataset]) -> pa.Table:
+    """Every document of every dataset: dataset, doc, shard, start (in shard), length, id, source, license."""
+    tables = []
+    for d, ds in enumerate(datasets):
+        prov = pq.read_table(ds.root / ds.manifest["provenance"]["path"],
+                             columns=["doc_index", "id", "source", "license", "shard", "token_start", "token_end"])
+        shard_index = {s["path"]: i for i, s in enumerate(ds.manifest["shards"])}
+        offsets = np.array([s.token_offset for s in ds.shards], dtype=np.int64)
+        shard = np.array([shard_index[p] for p in prov.column("shard").to_pylist()], dtype=np.int64)
+        start = prov.column("token_start").to_numpy()
+        tables.append(pa.table({
+            "dataset": pa.array(np.full(prov.num_rows, d), pa.int32()),
+            "doc_index": prov.column("doc_index"),
+            "shard": pa.array(shard, pa.int64()),
+            "start": pa.array(start - offsets[shard], pa.int64()),
+            "length": pa.array(prov.column("token_end").to_numpy() - start, pa.int64()),
+            "id": prov.column("id"),
+            "source": prov.column("source"),
+            "license": prov.column("license"),
+        }))
+    return pa.concat_tables(tables)
+
+
+def _open_datasets(config: MixConfig) -> list[TokenDataset]:
+    datasets = []
+    for path in config.datasets:
+        if not Path(path).is_dir():
+            raise ConfigError(f"mix: dataset directory not found: {path}")
+        datasets.append(TokenDataset(path))
+    first = datasets[0].manifest["tokenizer"]["sha256"]
+    for path, ds in zip(config.datasets, datasets, strict=True):
+        if ds.manifest["tokenizer"]["sha256"] != first or ds.dtype != datasets[0].dtype:
+            raise ConfigError(f"mix: {path} was tokenized with another tokenizer or dtype than "
+                              f"{config.datasets[0]}; a mixture needs one tokenizer")
+    return datasets
+
+
+def select(lengths: np.ndarray, target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(document positions, epochs): whole seeded passes over the documents until `target` tokens."""
+    total = int(lengths.sum())
+    passes = max(1, math.ceil(target / total))
+    order = np.concatenate([rng.permutation(len(lengths)) for _ in range(passes)])
+    cum = np.cumsum(lengths[order])
+    k = min(len(order), int(np.searchsorted(cum, target, side="left")) + 1)
+    return order[:k], np.arange(k) // len(lengths)
+
+
+def run(config: MixConfig) -> Path:
+    from data_pipeline.croissant import write_mixture_croissant
+
+    goal = targets(config)
+    datasets = _open_datasets(config)
+    docs = _documents(datasets)
+    source_col = docs.column("source").to_numpy(zero_copy_only=False)
+    lengths_all = docs.column("length").to_numpy()
+    available = {}
+    for name in sorted(set(source_col.tolist())):
+        mask = source_col == name
+        available[name] = (np.flatnonzero(mask), int(lengths_all[mask].sum()))
+    problems = []
+    for name, tokens in goal.items():
+        if name not in available:
+            problems.append(f"source {name!r} has no documents in the datasets "
+                            f"(available: {', '.join(available) or 'none'})")
+            continue
+        cap = config.sources[name].max_repetitions or config.max_repetitions
+        have = available[name][1]
+        if tokens > cap * have:
+            problems.append(
+                f"source {name!r} needs {tokens / have:.2f} passes over its {have} tokens to reach "
+                f"{tokens} tokens, above its repetition cap of {cap}"
+            )
+    if problems:
+        raise ConfigError("mix: cannot build this mixture: " + "; ".join(problems)
+                          + " (lower the ratio, raise max_repetitions or add data)")
+
+    rundir = RunDir.claim(config.run.dir, "mix", config, overwrite=config.run.overwrite)
+    log = rundir.logger()
+    root = rundir.path
+    for name in (fmt.SEQUENCE_ARRAY, fmt.SEQUENCE_TABLE, fmt.MANIFEST, fmt.CROISSANT):
+        (root / name).unlink(missing_ok=True)
+
+    chosen, epochs, keys, ranks = [], [], [], []
+    for rank, (name, tokens) in enumerate(goal.items()):
+        rows, _ = available[name]
+        rng = np.random.default_rng([config.run.seed, zlib.crc32(name.encode())])
+        picks, epoch = select(lengths_all[rows], tokens, rng)
+        lens = lengths_all[rows[picks]]
+        before = np.cumsum(lens) - lens
+        chosen.append(rows[picks])
+        epochs.append(epoch)
+        keys.append((before + lens / 2) / tokens)
+        ranks.append(np.full(len(picks), rank))
+    rows = np.concatenate(chosen)
+    epoch = np.concatenate(epochs)
+    order = np.lexsort((np.concatenate(ranks), np.concatenate(keys)))
+    rows, epoch = rows[order], epoch[order]
+
+    picked = docs.take(pa.array(rows))
+    seq = np.zeros(len(rows), dtype=fmt.SEQUENCE_DTYPE)
+    seq["dataset"] = picked.column("dataset").to_numpy()
+    seq["shard"] = picked.column("shard").to_numpy()
+    seq["start"] = picked.column("start").to_numpy()
+    seq["length"] = picked.column("length").to_numpy()
+    seq["doc"] = picked.column("doc_index").to_numpy()
+    seq["epoch"] = epoch
+    seq["end"] = np.cumsum(seq["length"].astype(np.uint64))
+    with open(root / fmt.SEQUENCE_ARRAY, "wb") as fh:
+        np.save(fh, seq, allow_pickle=False)
+    lengths = seq["length"].astype(np.int64)
+    table = pa.table({
+        "position": pa.array(np.arange(len(rows)), pa.int64()),
+        "dataset": picked.column("dataset"),
+        "doc_index": picked.column("doc_index"),
+        "id": picked.column("id"),
+        "source": picked.column("source"),
+        "license": picked.column("license"),
+        "epoch": pa.array(epoch, pa.int32()),
+        "n_tokens": pa.array(lengths, pa.int64()),
+        "mixture_start": pa.array(np.cumsum(lengths) - lengths, pa.int64()),
+    })
+    pq.write_table(table, root / fmt.SEQUENCE_TABLE, compression="zstd", row_group_size=fmt.PROVENANCE_ROW_GROUP)
+
+    n_tokens = int(lengths.sum())
+    picked_source = picked.column("source").to_numpy(zero_copy_only=False)
+    picked_license = picked.column("license").to_numpy(zero_copy_only=False)
+    sources: dict[str, Any] = {}
+    for name, tokens in goal.items():
+        mask = picked_source == name
+        got = int(lengths[mask].sum())
+        have_rows, have = available[name]
+        licenses, counts = np.unique(picked_license[mask], return_counts=True)
+        sources[name] = {
+            "target_tokens": tokens,
+            "target_ratio": tokens / config.target_tokens,
+            "tokens": got,
+            "docs": int(mask.sum()),
+            "ratio": got / n_tokens,
+            "available_tokens": have,
+            "available_docs": len(have_rows),
+            "repetitions": got / have,
+            "max_epoch": int(epoch[mask].max()),
+            "max_repetitions": config.sources[name].max_repetitions or config.max_repetitions,
+            "licenses": {str(lic): int(c) for lic, c in zip(licenses, counts, strict=True)},
+        }
+    excluded = {name: {"tokens": have, "docs": len(r)} for name, (r, have) in available.items() if name not in goal}
+    manifest = {
+        "schema": fmt.MIXTURE_SCHEMA,
+        "kind": "mixture",
+        "code_version": code_version(),
+        "config": recorded_config(config),
+        "dtype": datasets[0].dtype,
+        "tokenizer": {k: datasets[0].manifest["tokenizer"][k] for k in ("sha256", "eos_id", "vocab_size")},
+        "datasets": [
+            {
+                "path": Path(os.path.relpath(ds.root.resolve(), root.resolve())).as_posix(),
+                "manifest_sha256": sha256_file(ds.root / fmt.MANIFEST),
+                "n_tokens": ds.n_tokens,
+                "n_docs": ds.n_docs,
+            }
+            for ds in datasets
+        ],
+        "target_tokens": config.target_tokens,
+        "n_tokens": n_tokens,
+        "n_docs": len(rows),
+        "sources": sources,
+        "excluded_sources": excluded,
+        "sequence": {"array": file_record(root / fmt.SEQUENCE_ARRAY, root),
+                     "table": file_record(root / fmt.SEQUENCE_TABLE, root)},
+        "curation": [ds.manifest.get("curation") for ds in datasets],
+    }
+    write_json(root / fmt.MANIFEST, manifest)
+    write_mixture_croissant(root, manifest)
+    log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), n_tokens,
+             config.target_tokens, ", ".join(goal), root)
+    return root
+
+
+STAGE = Stage(
+    name="mix",
+    summary="build a deterministic data mixture over token datasets",
+    config_cls=MixConfig,
+    plan=plan,
+    run=run,
+)

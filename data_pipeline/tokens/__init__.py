@@ -1,0 +1,1 @@
+"""Token datasets: datatrove-format shards, a provenance table, a manifest, and a memory-flat reader."""

@@ -1,0 +1,288 @@
+"""`atom tokenize`: curated Parquet shards -> token shards + provenance table + manifest + Croissant.
+
+Documents are read in the curated run's fixed order (files by name, rows in order), encoded in batches
+with `tokenizers`, and written with datatrove's `TokenizedFile` (flat `.ds` + `.ds.index`), the
+end-of-document token after each document. A shard is closed once it holds `shard_tokens` tokens;
+documents are never split. Every check on the input (contract, licenses, vocab vs dtype) runs before
+the first byte is written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from itertools import chain
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.manifest import code_version, file_record, recorded_config, sha256_file
+from data_pipeline.rundir import RunDir, write_json
+from data_pipeline.stage import Stage
+from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
+from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
+from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.curated import CuratedRun, open_curated
+
+
+class TokenizeConfig(ConfigModel):
+    run: RunConfig
+    input: str  # curated run directory
+    tokenizer: str  # tokenizer directory (from `atom tokenizer`)
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    shard_tokens: int = Field(100_000_000, ge=1)  # close a shard once it holds this many tokens
+    batch_size: int = Field(1000, ge=1)  # documents per encode_batch call
+    allow_licenses: list[str] | None = None  # SPDX ids; None: any non-empty license
+    verify_inputs: bool = True  # check curated shards against the curation manifest's file records
+
+
+def plan(config: TokenizeConfig) -> list[str]:
+    return [
+        f"check curated run {config.input} (columns, ids, sources, licenses, file hashes)",
+        f"encode documents with {config.tokenizer}/{TOKENIZER_FILE}, end-of-document token after each",
+        f"write {fmt.TOKENS_DIR}/NNNNN.ds(.index) shards of ~{config.shard_tokens} tokens ({config.dtype})",
+        f"write {fmt.PROVENANCE}, {fmt.MANIFEST} and {fmt.CROISSANT} to {config.run.dir}",
+    ]
+
+
+class _ProvenanceWriter:
+    """Streams provenance rows into Parquet row groups of a fixed size (independent of batch size)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer = pq.ParquetWriter(path, fmt.PROVENANCE_SCHEMA, compression="zstd")
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.n_pending += table.num_rows
+        while self.n_pending >= fmt.PROVENANCE_ROW_GROUP:
+            self._flush(fmt.PROVENANCE_ROW_GROUP)
+
+    def _flush(self, n: int) -> None:
+        table = pa.concat_tables(self.pending).combine_chunks()
+        self.writer.write_table(table.slice(0, n), row_group_size=n)
+        rest = table.slice(n)
+        self.pending = [rest] if rest.num_rows else []
+        self.n_pending = rest.num_rows
+        self.rows += n
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._flush(self.n_pending)
+        self.writer.close()
+
+
+class ShardWriter:
+    """Writes documents' tokens into size-capped `.ds` shards and their provenance rows."""
+
+    def __init__(self, root: Path, dtype: str, shard_tokens: int, provenance: _ProvenanceWriter):
+        from datatrove.pipeline.tokens.tokenizer import TokenizedFile
+
+        self._file_cls = TokenizedFile
+        self.root = root
+        self.dtype = np.dtype(fmt.DTYPES[dtype]).newbyteorder("<")
+        self.shard_tokens = shard_tokens
+        self.provenance = provenance
+        self.shards: list[dict[str, Any]] = []
+        self.current = None
+        self.current_tokens = 0
+        self.current_docs = 0
+        self.n_tokens = 0
+        self.n_docs = 0
+
+    def _open(self) -> None:
+        name = fmt.shard_name(len(self.shards))
+        self.current = self._file_cls(str(self.root), name, save_index=True, save_final_metadata=False,
+                                      token_size=self.dtype.itemsize)
+        self.current_name = name
+        self.current_tokens = self.current_docs = 0
+        self.current_start = self.n_tokens
+        self.current_doc_start = self.n_docs
+
+    def _close(self) -> None:
+        self.current.close()
+        self.shards.append({
+            "path": self.current_name,
+            "n_tokens": self.current_tokens,
+            "n_docs": self.current_docs,
+            "token_offset": self.current_start,
+            "doc_offset": self.current_doc_start,
+        })
+        self.current = None
+
+    def add(self, tokens: np.ndarray, doc_lens: np.ndarray, meta: pa.Table) -> None:
+        """`tokens`: the documents' tokens back to back (each ending with EOS); `doc_lens` their lengths."""
+        ends = np.cumsum(doc_lens)
+        i, n = 0, len(doc_lens)
+        while i < n:
+            if self.current is None:
+                self._open()
+            base = int(ends[i - 1]) if i else 0
+            room = self.shard_tokens - self.current_tokens
+            k = min(n, int(np.searchsorted(ends, base + room, side="left")) + 1)
+            stop = int(ends[k - 1])
+            local_ends = (ends[i:k] - base).tolist()
+            self.current.write_bytes(tokens[base:stop].tobytes(), doc_ends=local_ends)
+            starts = self.n_tokens + np.concatenate(([0], ends[i:k - 1] - base))
+            self.provenance.add(pa.table({
+                "doc_index": pa.array(np.arange(self.n_docs, self.n_docs + k - i), pa.int64()),
+                "id": meta.column("id").slice(i, k - i),
+                "source": meta.column("source").slice(i, k - i),
+                "license": meta.column("license").slice(i, k - i),
+                "url": meta.column("url").slice(i, k - i),
+                "source_version": meta.column("source_version").slice(i, k - i),
+                "shard": pa.array([self.current_name] * (k - i), pa.string()),
+                "token_start": pa.array(starts, pa.int64()),
+                "token_end": pa.array(self.n_tokens + ends[i:k] - base, pa.int64()),
+            }, schema=fmt.PROVENANCE_SCHEMA))
+            self.current_tokens += stop - base
+            self.current_docs += k - i
+            self.n_tokens += stop - base
+            self.n_docs += k - i
+            if self.current_tokens >= self.shard_tokens:
+                self._close()
+            i = k
+
+    def close(self) -> None:
+        if self.current is not None:
+            self._close()
+
+
+def encode_documents(tokenizer, texts: list[str], eos_id: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens of `texts` back to back, EOS after each, and each document's length (EOS included)."""
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
+    return np.insert(flat, np.cumsum(lens), eos_id), lens + 1
+
+
+def _output_paths(root: Path) -> list[Path]:
+    return [root / fmt.TOKENS_DIR, root / fmt.TOKENIZER_DIR, root / fmt.PROVENANCE, root / fmt.MANIFEST,
+            root / fmt.CROISSANT]
+
+
+def _clear(root: Path) -> None:
+    for path in _output_paths(root):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def open_tokenizer(path: str | Path, dtype: str) -> tuple[Any, dict[str, Any], str]:
+    """The tokenizer for encoding documents (special-token strings inside text stay plain text)."""
+    tokenizer = load_tokenizer(path)
+    special = read_special(path)
+    eos = special.get("eos_token")
+    eos_id = tokenizer.token_to_id(eos) if eos else None
+    if eos_id is None:
+        raise ConfigError(f"{path}: tokenizer has no end-of-document token (eos_token {eos!r})")
+    resolved = fmt.choose_dtype(tokenizer.get_vocab_size(), dtype)
+    # A document that contains the text "<|endoftext|>" must not end early: encode it as bytes.
+    tokenizer.encode_special_tokens = True
+    info = {
+        "eos_token": eos,
+        "eos_id": eos_id,
+        "pad_token": special.get("pad_token"),
+        "pad_id": tokenizer.token_to_id(special["pad_token"]) if special.get("pad_token") else None,
+        "vocab_size": tokenizer.get_vocab_size(),
+    }
+    return tokenizer, info, resolved
+
+
+def check_licenses(curated: CuratedRun, allow: list[str] | None) -> None:
+    if allow is None:
+        return
+    outside = sorted(set(curated.licenses) - set(allow))
+    if outside:
+        counts = ", ".join(f"{lic} ({curated.licenses[lic]} docs)" for lic in outside)
+        raise ConfigError(f"{curated.root}: licenses outside allow_licenses {sorted(allow)}: {counts}")
+
+
+def run(config: TokenizeConfig) -> Path:
+    from data_pipeline.croissant import write_dataset_croissant
+
+    # Everything that can be wrong with the input is found before the run directory is touched.
+    curated = open_curated(config.input, verify_outputs=config.verify_inputs)
+    check_licenses(curated, config.allow_licenses)
+    tokenizer_dir = Path(config.tokenizer)
+    tokenizer, tok_info, dtype = open_tokenizer(tokenizer_dir, config.dtype)
+    missing = [name for name in TOKENIZER_FILES if not (tokenizer_dir / name).is_file()]
+    if missing:
+        raise ConfigError(f"{tokenizer_dir}: tokenizer directory lacks {', '.join(missing)}")
+
+    rundir = RunDir.claim(config.run.dir, "tokenize", config, overwrite=config.run.overwrite)
+    log = rundir.logger()
+    root = rundir.path
+    _clear(root)
+    (root / fmt.TOKENS_DIR).mkdir(parents=True)
+    (root / fmt.TOKENIZER_DIR).mkdir()
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tokenizer_dir / name, root / fmt.TOKENIZER_DIR / name)
+
+    provenance = _ProvenanceWriter(root / fmt.PROVENANCE)
+    writer = ShardWriter(root, dtype, config.shard_tokens, provenance)
+    np_dtype = fmt.DTYPES[dtype]
+    sources: dict[str, dict[str, Any]] = {}
+    for _, batch in curated.batches(config.batch_size):
+        tokens, lens = encode_documents(tokenizer, batch.column("text").to_pylist(), tok_info["eos_id"], np_dtype)
+        meta = pa.Table.from_batches([batch]).select(["id", "source", "license", "url", "source_version"])
+        meta = meta.cast(pa.schema([(name, pa.string()) for name in meta.column_names]))
+        writer.add(tokens, lens, meta)
+        counts = pa.table({"source": meta.column("source"), "license": meta.column("license"),
+                           "n": pa.array(lens, pa.int64())})
+        for row in counts.group_by(["source", "license"]).aggregate([("n", "sum"), ("n", "count")]).to_pylist():
+            entry = sources.setdefault(row["source"], {"tokens": 0, "docs": 0, "licenses": {}})
+            entry["tokens"] += row["n_sum"]
+            entry["docs"] += row["n_count"]
+            entry["licenses"][row["license"]] = entry["licenses"].get(row["license"], 0) + row["n_count"]
+    writer.close()
+    provenance.close()
+
+    shards = []
+    for shard in writer.shards:
+        path = root / shard["path"]
+        shards.append({**file_record(path, root), **shard,
+                       "index": file_record(path.with_name(path.name + fmt.INDEX_SUFFIX), root)})
+    manifest = {
+        "schema": fmt.DATASET_SCHEMA,
+        "kind": "dataset",
+        "code_version": code_version(),
+        "config": recorded_config(config),
+        "dtype": dtype,
+        "eos_appended": True,
+        "n_tokens": writer.n_tokens,
+        "n_docs": writer.n_docs,
+        "shards": shards,
+        "provenance": {**file_record(root / fmt.PROVENANCE, root), "rows": provenance.rows},
+        "sources": {name: {**v, "licenses": dict(sorted(v["licenses"].items()))}
+                    for name, v in sorted(sources.items())},
+        "tokenizer": {
+            **tok_info,
+            "sha256": sha256_file(root / fmt.TOKENIZER_DIR / TOKENIZER_FILE),
+            "files": [file_record(root / fmt.TOKENIZER_DIR / name, root) for name in TOKENIZER_FILES],
+        },
+        "curation": curated.inherited(),
+    }
+    write_json(root / fmt.MANIFEST, manifest)
+    write_dataset_croissant(root, manifest)
+    log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
+             writer.n_docs, writer.n_tokens, dtype, len(shards), root)
+    return root
+
+
+STAGE = Stage(
+    name="tokenize",
+    summary="tokenize a curated run into token shards with a provenance table and manifest",
+    config_cls=TokenizeConfig,
+    plan=plan,
+    run=run,
+)
