@@ -1,11 +1,11 @@
 """The pretraining data loader: fixed-length windows over memory-mapped token spans.
 
 The corpus is a logical stream: the concatenation of `TokenSpan`s (token ranges of shard files, in the
-mixture's order). Window i covers stream tokens [i*L, i*L + L + 1): inputs are its first L tokens and
-targets its last L, so every token is predicted exactly once per epoch. The order of windows is a
-permutation fixed by the seed; global batch b is windows order[b*B:(b+1)*B], and rank r reads only its
-contiguous slice of that batch. The order therefore does not depend on the number of ranks, and the
-loader's whole state is one integer: the number of global batches consumed.
+mixture's order, from `data_pipeline.tokens.reader`). Window i covers stream tokens [i*L, i*L + L + 1):
+inputs are its first L tokens and targets its last L, so every token is predicted once per epoch.
+The order of windows is a permutation fixed by the seed; global batch b is windows order[b*B:(b+1)*B],
+and rank r reads only its contiguous slice of that batch. The order therefore does not depend on the
+number of ranks, and the loader's whole state is one integer: the number of global batches consumed.
 
 Nothing is loaded whole: files are np.memmap'd (a bounded number open at a time) and only the bytes of
 the requested windows are read, so memory stays flat as the corpus grows.
@@ -20,22 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipeline.tokens.reader import TokenSpan
+
 MAX_OPEN_FILES = 64
-
-
-@dataclass(frozen=True)
-class TokenSpan:
-    """Tokens [start, end) of a flat token file, and the file's document ends (cumulative, exclusive)."""
-
-    path: Path
-    dtype: str
-    start: int
-    end: int
-    doc_index: Path | None = None  # uint64 cumulative document ends of the whole file
-
-    @property
-    def n_tokens(self) -> int:
-        return self.end - self.start
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import DataLoader, TokenSpan, TokenWindows
+from data_pipeline.tokens.reader import TokenSpan
+from pretrain.data import DataLoader, TokenWindows
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""The pretraining experiment: one typed tree (run, model, data, optimizer, schedule, trainer, ...)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from data_pipeline.config import ConfigModel, RunConfig
+from pretrain.checkpoint import CheckpointConfig
+from pretrain.metrics import MetricsConfig
+from pretrain.model.config import MoEModelConfig
+from pretrain.optim import OptimizerConfig, ScheduleConfig
+
+
+class DataConfig(ConfigModel):
+    """A tokenized dataset or mixture directory (with its manifest.json) read as fixed-length windows."""
+
+    path: str
+    seq_len: int = Field(gt=1)
+    global_batch: int = Field(gt=0)  # sequences per optimizer step, over all ranks and micro-batches
+    document_masking: bool = False  # attention stays inside each document (block-diagonal causal mask)
+    val_sequences: int = Field(0, ge=0)  # held out from training, evaluated per source
+    tokenizer_sha256: str | None = None  # if set, the data's tokenizer must be exactly this one
+
+
+class TrainerConfig(ConfigModel):
+    max_steps: int = Field(gt=0)
+    micro_batch: int = Field(gt=0)  # sequences per rank per forward/backward
+    eval_every: int | None = Field(None, gt=0)
+    compile: bool = False
+    activation_checkpointing: bool = False
+    max_nonfinite_steps: int = Field(3, ge=1)  # consecutive non-finite losses before the run stops
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Deterministic algorithms (bit-identical reruns); on by default, cheap on CPU.
+    deterministic: bool = True
+
+
+class ParallelConfig(ConfigModel):
+    """How the same model and loop are spread over ranks (see pretrain/parallel.py)."""
+
+    backend: Literal["none", "fsdp2", "deepspeed"] = "none"
+    # FSDP2: shard within groups of `shard_size` ranks and replicate across groups (HSDP); None: all ranks.
+    shard_size: int | None = Field(None, gt=0)
+    mixed_precision: Literal["fp32", "bf16"] = "fp32"  # bf16 params/compute with fp32 reduction (GPU)
+    fp8_all_gather: bool = False  # FSDP2 + FP8: all-gather weights in float8 (NCCL only)
+    zero_stage: Literal[1, 2, 3] = 2  # DeepSpeed
+    deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config
+
+
+class PretrainConfig(ConfigModel):
+    run: RunConfig
+    model: MoEModelConfig
+    data: DataConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    trainer: TrainerConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    init_from: str | None = None  # a checkpoint directory to start from (weights only)
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.data.global_batch % self.trainer.micro_batch:
+            raise ValueError(f"data.global_batch={self.data.global_batch} is not a multiple of "
+                             f"trainer.micro_batch={self.trainer.micro_batch}")
+        return self
+
+
+# Keys that may change when a run resumes; anything else changing (model shape, data order) is refused.
+RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.eval_every", "trainer.compile", "trainer.activation_checkpointing",
+                     "trainer.max_nonfinite_steps", "trainer.device", "checkpoint", "metrics", "run.overwrite",
+                     "parallel")

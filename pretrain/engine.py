@@ -1,0 +1,109 @@
+"""Engines: the one place where FSDP2 (or a single process) and DeepSpeed differ.
+
+The training loop talks to an engine only: forward through `engine.model`, then `backward`,
+`clip_grad_norm`, `optimizer_step`, `save`/`load`. The FSDP engine (also used for one process) keeps
+the model and an AdamW and checkpoints through torch.distributed.checkpoint; the DeepSpeed engine hands
+both to `deepspeed.initialize` with a config generated from ours and checkpoints through DeepSpeed, so
+the loop, data, manifests and metrics stay identical whichever backend the config names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
+
+from pretrain.checkpoint import Checkpoint, Checkpointer
+from pretrain.config import PretrainConfig
+from pretrain.optim import build_optimizer, set_lr
+from pretrain.parallel import DistEnv, parallelize
+
+
+class _AppState(Stateful):
+    """Model + optimizer as one DCP entry; (re)sharded on load to whatever layout is live."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None):
+        self.model = model
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.optimizer is None:
+            return {"model": get_state_dict(self.model, [])[0]}
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.optimizer is None:
+            set_state_dict(self.model, [], model_state_dict=state["model"], optim_state_dict={},
+                           options=StateDictOptions(strict=True))
+            return
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+class FSDPEngine:
+    """One process, or FSDP2/HSDP over many: the model is sharded in place and trained with AdamW."""
+
+    def __init__(self, cfg: PretrainConfig, env: DistEnv):
+        self.cfg = cfg
+        self.model = parallelize(cfg.model.build().to(env.device), cfg, env)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self._sharded = cfg.parallel.backend == "fsdp2"
+
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
+    @contextlib.contextmanager
+    def accumulate(self, is_last: bool) -> Iterator[None]:
+        """Gradients are reduced across ranks on the last micro-batch only."""
+        if self._sharded:
+            self.model.set_requires_gradient_sync(is_last)
+        yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self, max_norm: float | None) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return norm.item()
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_expert_bias()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def expert_load(self) -> dict[str, float]:
+        return self.model.expert_load(reset=True)
+
+    def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict) -> Path:
+        return checkpointer.save(step, {"app": _AppState(self.model, self.optimizer)}, trainer_state)
+
+    def load(self, checkpointer: Checkpointer, ckpt: Checkpoint) -> dict:
+        return checkpointer.load(ckpt, {"app": _AppState(self.model, self.optimizer)})
+
+    def load_weights(self, ckpt_dir: Path) -> None:
+        """Weights only (mid-training's start, `init_from`): optimizer and data state start fresh."""
+        dcp.load({"app": _AppState(self.model, None)}, checkpoint_id=str(_dcp_dir(ckpt_dir)))
+
+
+def _dcp_dir(ckpt_dir: Path) -> Path:
+    return ckpt_dir / "dcp" if (ckpt_dir / "dcp").is_dir() else ckpt_dir
+
+
+def build_engine(cfg: PretrainConfig, env: DistEnv):
+    if cfg.parallel.backend == "deepspeed":
+        from pretrain.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, env)
+    return FSDPEngine(cfg, env)

@@ -1,0 +1,121 @@
+"""The decoder-only transformer: embedding, pre-norm blocks (attention + dense MLP or MoE), norm, head.
+
+forward(tokens, doc_ids) returns logits and the MoE losses already weighted by the config, so a
+training step is `out = model(x); loss = cross_entropy(out.logits, y) + out.aux_loss + out.z_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pretrain.model.config import MoEModelConfig
+from pretrain.model.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from pretrain.model.moe import MoE
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [batch, seq, vocab]
+    aux_loss: torch.Tensor  # load-balancing loss, mean over MoE layers, times moe.aux_loss_weight
+    z_loss: torch.Tensor  # router z-loss, mean over MoE layers, times moe.z_loss_weight
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(x)) where the MLP is dense or a mixture of experts."""
+
+    def __init__(self, cfg: MoEModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if cfg.is_moe_layer(layer):
+            assert cfg.moe is not None
+            self.mlp: nn.Module = MoE(cfg.d_model, cfg.moe)
+        else:
+            assert cfg.mlp_hidden is not None
+            self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                doc_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, doc_ids)
+        if isinstance(self.mlp, MoE):
+            out, aux, z = self.mlp(self.mlp_norm(x))
+            return x + out, aux, z
+        return x + self.mlp(self.mlp_norm(x)), None, None
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: MoEModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rope = RotaryEmbedding(cfg.dim_per_head, cfg.rope, cfg.max_seq_len)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) everywhere; residual-branch outputs scaled by 1/sqrt(2 n_layers) (GPT-2),
+        so the residual stream's variance does not grow with depth. Norm weights start at one."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "experts.down_proj")):
+                nn.init.normal_(p, std=out_std)
+            else:
+                nn.init.normal_(p, std=std)
+
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> ModelOutput:
+        """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document."""
+        x = self.embed(tokens)
+        cos, sin = self.rope(tokens.shape[1])
+        aux_losses, z_losses = [], []
+        for block in self.layers:
+            x, aux, z = block(x, cos, sin, doc_ids)
+            if aux is not None:
+                aux_losses.append(aux)
+                z_losses.append(z)
+        logits = self.lm_head(self.norm(x))
+        zero = logits.new_zeros(())
+        moe = self.cfg.moe
+        if moe is None or not aux_losses:
+            return ModelOutput(logits, zero, zero)
+        aux_loss = moe.aux_loss_weight * torch.stack(aux_losses).mean() if moe.aux_loss_weight else zero
+        z_loss = moe.z_loss_weight * torch.stack(z_losses).mean() if moe.z_loss_weight else zero
+        return ModelOutput(logits, aux_loss, z_loss)
+
+    # ---- MoE bookkeeping for the trainer -------------------------------------------------------
+
+    def moe_layers(self) -> dict[int, MoE]:
+        return {i: block.mlp for i, block in enumerate(self.layers) if isinstance(block.mlp, MoE)}
+
+    def update_expert_bias(self) -> None:
+        """Auxiliary-loss-free balancing step; call once per optimizer step (no-op when disabled)."""
+        for moe in self.moe_layers().values():
+            moe.update_expert_bias()
+
+    def expert_load(self, reset: bool = True) -> dict[str, float]:
+        """Per-layer, per-expert share of routed tokens since the last reset, plus max/mean imbalance
+        (1.0 is perfect balance), as flat names ready for a metrics logger."""
+        stats: dict[str, float] = {}
+        for i, moe in self.moe_layers().items():
+            counts = moe.tokens_per_expert
+            total = counts.sum().item()
+            if total == 0:
+                continue
+            share = (counts / total).tolist()
+            stats[f"moe/layer{i}/imbalance"] = max(share) * len(share)
+            stats.update({f"moe/layer{i}/expert{e}": s for e, s in enumerate(share)})
+            if reset:
+                moe.reset_load()
+        return stats

@@ -1,0 +1,214 @@
+"""The training loop. It reads top to bottom: build, resume, then step until max_steps.
+
+Everything a step needs is built once in `Trainer.__init__`; the step itself does the forward and
+backward passes of its micro-batches, clips, steps, and hands numbers to the metrics logger, the
+training manifest and the checkpointer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from data_pipeline.rundir import RunDir
+from pretrain.checkpoint import Checkpointer
+from pretrain.config import PretrainConfig
+from pretrain.data import Batch, DataLoader
+from pretrain.dataset import open_training_data
+from pretrain.engine import build_engine
+from pretrain.metrics import MetricsLogger, truncate_jsonl
+from pretrain.optim import lr_multiplier
+from pretrain.parallel import DistEnv, all_reduce_mean, init_distributed
+from pretrain.preemption import PreemptionWatch
+from pretrain.train_manifest import TrainManifest
+
+log = logging.getLogger("atom.pretrain")
+
+
+class Preempted(Exception):
+    """The run checkpointed and stopped on a preemption signal; exit with EXIT_REQUEUE."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `trainer.max_nonfinite_steps` consecutive non-finite steps (a checkpoint is written first)."""
+
+
+class Trainer:
+    def __init__(self, cfg: PretrainConfig, run: RunDir, env: DistEnv | None = None):
+        self.cfg = cfg
+        self.run = run
+        self.env = env or init_distributed(cfg)
+        self.log = run.logger() if self.env.is_main else log
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.run.seed)
+
+        self.data = open_training_data(cfg.data, cfg.model, cfg.run.seed)
+        self.loader = DataLoader(self.data.windows, cfg.data.global_batch, cfg.run.seed, self.env.rank,
+                                 self.env.world_size, cfg.data.document_masking, self.data.val_windows)
+        self.engine = build_engine(cfg, self.env)
+        self.checkpointer = Checkpointer(run.file("checkpoints"), cfg.checkpoint)
+        self.metrics = MetricsLogger(run.path, cfg.metrics, enabled=self.env.is_main)
+        self.manifest = TrainManifest(run.file("train_tokens.jsonl"), enabled=self.env.is_main)
+        self.step = 0
+        self.tokens_seen = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
+        self.preemption = PreemptionWatch(run.path, self.env.is_main)
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "data": self.loader.state_dict(),
+                "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size}
+
+    def save(self) -> Path:
+        path = self.engine.save(self.checkpointer, self.step, self.trainer_state())
+        self.log.info(f"checkpoint step {self.step} -> {path}")
+        return path
+
+    def resume(self) -> bool:
+        ckpt = self.checkpointer.latest_valid(warn=self.log.warning)
+        if ckpt is None:
+            if self.cfg.init_from:
+                self.engine.load_weights(Path(self.cfg.init_from))
+                self.log.info(f"initialised weights from {self.cfg.init_from}")
+            return False
+        state = self.engine.load(self.checkpointer, ckpt)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.loader.load_state_dict(state["data"])
+        if self.env.is_main:
+            truncate_jsonl(self.manifest.path, self.step)
+        self.log.info(f"resumed from {ckpt.path} at step {self.step} ({self.tokens_seen} tokens)")
+        return True
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if not self.resume() and self.env.is_main:
+            self.manifest.write_header(self.data.describe(), cfg, self.loader)
+        self.metrics.start(self.step)
+        last = {}
+        while self.step < cfg.trainer.max_steps:
+            start = time.perf_counter()
+            batch = self.loader.next_batch()
+            lr = cfg.optimizer.lr * lr_multiplier(cfg.schedule, self.step, cfg.trainer.max_steps)
+            stats = self.train_step(batch, lr)
+            elapsed = time.perf_counter() - start
+            if stats is None:
+                continue
+            self.step += 1
+            step_tokens = cfg.data.global_batch * cfg.data.seq_len
+            self.tokens_seen += step_tokens
+            self.manifest.record(self.step, self.loader.batches_consumed - 1, step_tokens)
+            last = stats
+            if self.step % cfg.metrics.log_every == 0 or self.step == cfg.trainer.max_steps:
+                self.metrics.log(self.step, self._metrics(stats, lr, elapsed, step_tokens))
+            if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
+                self.metrics.log(self.step, self.evaluate())
+            if self.step % cfg.checkpoint.interval == 0 or self.step == cfg.trainer.max_steps:
+                self.save()
+            elif self.preemption.should_stop():
+                self.save()
+                self.metrics.close()
+                raise Preempted(f"stopped at step {self.step} on {self.preemption.reason()}; checkpoint written")
+        self.metrics.close()
+        return last
+
+    def train_step(self, batch: Batch, lr: float) -> dict | None:
+        """One optimizer step over this rank's micro-batches; None if the step was skipped."""
+        engine, cfg = self.engine, self.cfg
+        engine.set_lr(lr)
+        micro = cfg.trainer.micro_batch
+        n_micro = batch.inputs.shape[0] // micro
+        totals = torch.zeros(3)
+        for i in range(n_micro):
+            rows = slice(i * micro, (i + 1) * micro)
+            doc_ids = batch.doc_ids[rows].to(self.env.device) if batch.doc_ids is not None else None
+            with engine.accumulate(is_last=i == n_micro - 1):
+                out = engine.model(batch.inputs[rows].to(self.env.device), doc_ids)
+                targets = batch.targets[rows].to(self.env.device)
+                ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+                loss = ce + out.aux_loss + out.z_loss
+                engine.backward(loss / n_micro)
+            totals += torch.stack([ce.detach(), out.aux_loss.detach(), out.z_loss.detach()]).float().cpu() / n_micro
+        totals = all_reduce_mean(totals)
+        grad_norm = engine.clip_grad_norm(cfg.optimizer.grad_clip)
+        if not (math.isfinite(totals[0].item()) and math.isfinite(grad_norm)):
+            return self._skip_nonfinite(totals[0].item(), grad_norm)
+        engine.optimizer_step()
+        self.nonfinite_in_a_row = 0
+        return {"loss": totals[0].item(), "aux_loss": totals[1].item(), "z_loss": totals[2].item(),
+                "grad_norm": grad_norm}
+
+    def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
+        self.engine.zero_grad()
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log.warning(f"step {self.step + 1}: non-finite loss {loss} / grad norm {grad_norm}; step skipped "
+                         f"({self.nonfinite_in_a_row} in a row)")
+        if self.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_steps:
+            self.save()
+            raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step}; "
+                                     f"checkpoint written, run stopped")
+        return None
+
+    def _metrics(self, stats: dict, lr: float, elapsed: float, step_tokens: int) -> dict:
+        tokens_per_s = step_tokens / max(elapsed, 1e-9)
+        values = {**stats, "lr": lr, "tokens_per_s": tokens_per_s, "tokens_seen": self.tokens_seen,
+                  "nonfinite_total": self.nonfinite_total,
+                  "tokens_per_s_per_rank": tokens_per_s / self.env.world_size}
+        peak = self.cfg.metrics.peak_flops_per_device
+        if peak:
+            values["mfu"] = tokens_per_s * self.flops_per_token / (peak * self.env.world_size)
+        if self.env.device.type == "cuda":
+            values["memory/max_allocated_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+        else:
+            import resource
+
+            values["memory/max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        values.update(self.engine.expert_load())
+        return values
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean cross-entropy per held-out sequence, overall and per source."""
+        model: nn.Module = self.engine.model
+        model.eval()
+        sums: dict[str, list[float]] = {}
+        for tokens, doc_ids, sources in self.data.val_batches(self.env.rank, self.env.world_size,
+                                                               self.cfg.trainer.micro_batch,
+                                                               self.cfg.data.document_masking):
+            doc_ids = None if doc_ids is None else doc_ids.to(self.env.device)
+            out = model(tokens[:, :-1].to(self.env.device), doc_ids)
+            ce = F.cross_entropy(out.logits.flatten(0, 1).float(), tokens[:, 1:].flatten().to(self.env.device),
+                                 reduction="none").view(tokens.shape[0], -1).mean(1)
+            for value, source in zip(ce.tolist(), sources, strict=True):
+                acc = sums.setdefault(source, [0.0, 0])
+                acc[0] += value
+                acc[1] += 1
+        model.train()
+        if dist.is_initialized():
+            parts: list[dict] = [{}] * dist.get_world_size()
+            dist.all_gather_object(parts, sums)
+            sums = {}
+            for part in parts:
+                for source, (total, count) in part.items():
+                    acc = sums.setdefault(source, [0.0, 0])
+                    acc[0] += total
+                    acc[1] += count
+        if not sums:
+            return {}
+        result = {f"val/loss/{source}": total / count for source, (total, count) in sorted(sums.items())}
+        result["val/loss"] = sum(t for t, _ in sums.values()) / sum(c for _, c in sums.values())
+        return result

@@ -1,0 +1,91 @@
+"""Hugging Face export: transformers' Qwen3-MoE / Qwen3 loaded from our export gives our logits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipeline.config import ConfigError, load_config
+from pretrain.model.config import MoEModelConfig
+from pretrain.model.hf_export import ATOM_KEY, export_hf, import_hf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def _model(name: str, *overrides: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = load_config(MoEModelConfig, CONFIGS / f"{name}.yaml", ("vocab_size=1024", *overrides))
+    model = cfg.build().eval()
+    with torch.no_grad():  # norms away from one, so a mis-mapped norm weight cannot hide
+        for name_, p in model.named_parameters():
+            if name_.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def _hf_logits(path: Path, tokens: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return hf(tokens).logits
+
+
+@pytest.mark.parametrize(("name", "overrides", "architecture"), [
+    ("tiny_moe", (), "Qwen3MoeForCausalLM"),
+    ("tiny_moe", ("tie_embeddings=true", "moe.softmax_order=after_topk", "rope.scaling=yarn", "rope.factor=4",
+                  "rope.original_max_position=128", "moe.first_k_dense=0", "n_kv_heads=1"), "Qwen3MoeForCausalLM"),
+    ("tiny_moe", ("moe.normalize_weights=true", "rope.scaling=linear", "rope.factor=2"), "Qwen3MoeForCausalLM"),
+    ("dense_small", ("d_model=128", "n_layers=2", "mlp_hidden=256"), "Qwen3ForCausalLM"),
+])
+def test_transformers_logits_match(tmp_path: Path, name: str, overrides: tuple[str, ...], architecture: str) -> None:
+    model = _model(name, *overrides)
+    out = export_hf(model, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == [architecture]
+    tokens = torch.randint(0, 1024, (2, 48))
+    with torch.no_grad():
+        ours = model(tokens).logits
+    assert (ours - _hf_logits(out, tokens)).abs().max() <= 1e-4
+    with torch.no_grad():
+        assert torch.equal(import_hf(out).eval()(tokens).logits, ours)
+
+
+def test_import_of_a_plain_transformers_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint saved by transformers itself (no atom_config) maps back through the HF fields."""
+    from transformers import AutoModelForCausalLM
+
+    model = _model("tiny_moe", "moe.normalize_weights=true")
+    export_hf(model, tmp_path / "ours")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32)
+    hf.save_pretrained(tmp_path / "resaved")
+    config_path = tmp_path / "resaved" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop(ATOM_KEY, None)
+    config_path.write_text(json.dumps(config))
+    tokens = torch.randint(0, 1024, (1, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(import_hf(tmp_path / "resaved").eval()(tokens).logits, model(tokens).logits,
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (("moe.n_shared_experts=1",), "moe.n_shared_experts"),
+    (("qk_norm=false",), "qk_norm"),
+])
+def test_unsupported_configs_are_refused(tmp_path: Path, overrides: tuple[str, ...], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        export_hf(_model("tiny_moe", *overrides), tmp_path)
+
+
+def test_nonzero_expert_bias_is_refused(tmp_path: Path) -> None:
+    model = _model("tiny_moe", "moe.bias_update_rate=0.001")
+    export_hf(model, tmp_path / "zero_bias")  # a bias that never moved changes nothing: allowed
+    with torch.no_grad():
+        model.layers[2].mlp.router.expert_bias[0] = 0.1
+    with pytest.raises(ConfigError, match="moe.bias_update_rate: layer 2"):
+        export_hf(model, tmp_path / "moved_bias")

@@ -1,0 +1,107 @@
+"""RoPE scaling frequencies, grouped-query attention, and document masking."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipeline.config import load_config
+from pretrain.model.config import MoEModelConfig, RopeConfig
+from pretrain.model.layers import Attention, RotaryEmbedding, rope_frequencies
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def _tiny(*overrides: str) -> MoEModelConfig:
+    return load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ("vocab_size=512", *overrides))
+
+
+def test_rope_unscaled_and_linear() -> None:
+    plain, scale = rope_frequencies(64, RopeConfig(theta=500_000.0))
+    expected = 1.0 / 500_000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64)
+    torch.testing.assert_close(plain, expected.float())
+    assert scale == 1.0
+    linear, scale = rope_frequencies(64, RopeConfig(theta=500_000.0, scaling="linear", factor=4.0))
+    torch.testing.assert_close(linear, plain / 4)
+    assert scale == 1.0
+
+
+def test_rope_yarn_keeps_fast_pairs_interpolates_slow_ones() -> None:
+    rope = RopeConfig(theta=10_000.0, scaling="yarn", factor=8.0, original_max_position=4096)
+    plain, _ = rope_frequencies(128, RopeConfig(theta=10_000.0))
+    yarn, scale = rope_frequencies(128, rope)
+    rotations = 4096 * plain / (2 * math.pi)  # turns each pair makes over the original context
+    fast, slow = rotations > 32, rotations < 1
+    assert fast.any() and slow.any()
+    torch.testing.assert_close(yarn[fast], plain[fast])
+    torch.testing.assert_close(yarn[slow], plain[slow] / 8)
+    between = ~fast & ~slow
+    assert ((yarn[between] <= plain[between]) & (yarn[between] >= plain[between] / 8)).all()
+    assert scale == 0.1 * math.log(8) + 1
+
+
+def test_rope_yarn_matches_transformers() -> None:
+    from transformers import Qwen3Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = Qwen3Config(hidden_size=256, num_attention_heads=4, head_dim=64, max_position_embeddings=32768,
+                     rope_parameters={"rope_type": "yarn", "rope_theta": 1_000_000.0, "factor": 8.0,
+                                      "original_max_position_embeddings": 4096})
+    hf_freqs, hf_scale = ROPE_INIT_FUNCTIONS["yarn"](hf)
+    ours, scale = rope_frequencies(64, RopeConfig(theta=1_000_000.0, scaling="yarn", factor=8.0,
+                                                  original_max_position=4096))
+    torch.testing.assert_close(ours, hf_freqs, rtol=1e-6, atol=0)
+    assert math.isclose(scale, hf_scale)
+
+
+def test_rope_tables_grow_for_longer_inputs() -> None:
+    rope = RotaryEmbedding(16, RopeConfig(), max_seq_len=8)
+    cos, sin = rope(20)
+    assert cos.shape == sin.shape == (20, 16)
+
+
+def test_gqa_equals_attention_with_repeated_kv_heads() -> None:
+    torch.manual_seed(0)
+    gqa_cfg = _tiny("n_heads=8", "n_kv_heads=2", "head_dim=16")
+    gqa = Attention(gqa_cfg)
+    mha = Attention(_tiny("n_heads=8", "n_kv_heads=8", "head_dim=16"))
+    group = 8 // 2
+    with torch.no_grad():
+        for name in ("q_proj", "o_proj", "q_norm", "k_norm"):
+            getattr(mha, name).load_state_dict(getattr(gqa, name).state_dict())
+        for name in ("k_proj", "v_proj"):  # KV head h serves query heads h*group .. h*group+group-1
+            w = getattr(gqa, name).weight.view(2, 16, -1)
+            getattr(mha, name).weight.copy_(w.repeat_interleave(group, dim=0).reshape(8 * 16, -1))
+    rope = RotaryEmbedding(16, gqa_cfg.rope, 32)
+    x = torch.randn(2, 32, gqa_cfg.d_model)
+    cos, sin = rope(32)
+    torch.testing.assert_close(gqa(x, cos, sin), mha(x, cos, sin), atol=1e-6, rtol=1e-5)
+
+
+def test_document_masking_isolates_packed_documents() -> None:
+    torch.manual_seed(0)
+    model = _tiny().build().eval()
+    first, second = torch.randint(0, 512, (1, 12)), torch.randint(0, 512, (1, 20))
+    packed = torch.cat([first, second], dim=1)
+    doc_ids = torch.tensor([[0] * 12 + [1] * 20])
+    with torch.no_grad():
+        alone = model(second).logits
+        masked = model(packed, doc_ids).logits[:, 12:]
+        unmasked = model(packed).logits[:, 12:]
+        first_alone = model(first).logits
+    # Same document, other absolute positions: RoPE makes attention depend on relative offsets only.
+    torch.testing.assert_close(masked, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(packed, doc_ids).logits[:, :12], first_alone, atol=1e-5, rtol=1e-5)
+    assert (unmasked - alone).abs().max() > 1e-3  # without doc ids the second document sees the first
+
+
+def test_document_masking_has_gradients() -> None:
+    model = _tiny().build()
+    tokens = torch.randint(0, 512, (2, 16))
+    doc_ids = torch.tensor([[0] * 5 + [1] * 11, [0] * 16])
+    out = model(tokens, doc_ids)
+    nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens.flatten()).backward()
+    assert model.layers[0].attn.q_proj.weight.grad.abs().sum() > 0
