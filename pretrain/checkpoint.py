@@ -5,9 +5,9 @@ file is on disk and a `COMPLETE.json` (each file's size and sha256) is written. 
 a `.partial` directory that is never loaded; a checkpoint damaged later (a truncated file) fails its
 verification on resume and the previous complete one is used instead, with a warning saying so.
 
-Model and optimizer go through torch.distributed.checkpoint (sharded under FSDP2, plain in one
-process, and loadable into a different number of ranks); the trainer's own state (step, tokens, data
-loader position, schedule) is JSON; RNG states are saved per rank.
+Model and optimizer are written by the engine (torch.distributed.checkpoint for FSDP2 and one process,
+loadable into a different number of ranks; DeepSpeed's own format for DeepSpeed); the trainer's own
+state (step, tokens, data loader position) is JSON; RNG states are saved per rank.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from pydantic import Field
 
 from data_pipeline.config import ConfigModel
@@ -103,15 +102,15 @@ class Checkpointer:
         self.root = Path(root)
         self.cfg = cfg
 
-    def save(self, step: int, app_state: dict[str, Any], trainer_state: dict[str, Any]) -> Path:
-        """`app_state`: DCP-able state dicts (model, optimizer); `trainer_state`: JSON-able, same on all ranks."""
+    def save(self, step: int, write_state: Callable[[Path], None], trainer_state: dict[str, Any]) -> Path:
+        """`write_state(dir)` writes model and optimizer (on every rank); `trainer_state` is JSON, same on all."""
         final = step_dir(self.root, step)
         partial = final.with_name(final.name + PARTIAL)
         if _is_main():
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         _barrier()
-        dcp.save(app_state, checkpoint_id=str(partial / "dcp"))
+        write_state(partial)
         torch.save(torch.get_rng_state(), partial / f"rng_rank{_rank():05d}.pt")
         _barrier()
         if _is_main():
@@ -136,9 +135,9 @@ class Checkpointer:
             warn(f"checkpoint {ckpt.path} is damaged ({problem}); falling back to an earlier one")
         return None
 
-    def load(self, ckpt: Checkpoint, app_state: dict[str, Any]) -> dict[str, Any]:
-        """Fill `app_state` in place from `ckpt`; return its trainer state."""
-        dcp.load(app_state, checkpoint_id=str(ckpt.path / "dcp"))
+    def load(self, ckpt: Checkpoint, read_state: Callable[[Path], None]) -> dict[str, Any]:
+        """`read_state(dir)` restores model and optimizer from `ckpt`; returns its trainer state."""
+        read_state(ckpt.path)
         rng = ckpt.path / f"rng_rank{_rank():05d}.pt"
         if rng.is_file():  # absent when resuming on more ranks than saved: the model uses no randomness
             torch.set_rng_state(torch.load(rng, weights_only=True))

@@ -10,6 +10,7 @@ the loop, data, manifests and metrics stay identical whichever backend the confi
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from pretrain.checkpoint import Checkpoint, Checkpointer
 from pretrain.config import PretrainConfig
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.parallel import DistEnv, parallelize
+
+DCP_DIR = "dcp"
 
 
 class _AppState(Stateful):
@@ -69,16 +72,21 @@ class FSDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def clip_grad_norm(self, max_norm: float | None) -> float:
+    skips_nonfinite = True
+
+    def step(self, max_norm: float | None, loss_is_finite: bool) -> float | None:
+        """Clip and apply the accumulated gradients; None (and nothing applied) if loss or norm is not finite."""
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        return norm.item()
-
-    def optimizer_step(self) -> None:
+        norm = norm.item()
+        if not (loss_is_finite and math.isfinite(norm)):
+            self.zero_grad()
+            return None
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         self.model.update_expert_bias()
+        return norm
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -87,10 +95,12 @@ class FSDPEngine:
         return self.model.expert_load(reset=True)
 
     def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict) -> Path:
-        return checkpointer.save(step, {"app": _AppState(self.model, self.optimizer)}, trainer_state)
+        app = {"app": _AppState(self.model, self.optimizer)}
+        return checkpointer.save(step, lambda d: dcp.save(app, checkpoint_id=str(d / DCP_DIR)), trainer_state)
 
     def load(self, checkpointer: Checkpointer, ckpt: Checkpoint) -> dict:
-        return checkpointer.load(ckpt, {"app": _AppState(self.model, self.optimizer)})
+        app = {"app": _AppState(self.model, self.optimizer)}
+        return checkpointer.load(ckpt, lambda d: dcp.load(app, checkpoint_id=str(d / DCP_DIR)))
 
     def load_weights(self, ckpt_dir: Path) -> None:
         """Weights only (mid-training's start, `init_from`): optimizer and data state start fresh."""
@@ -98,7 +108,7 @@ class FSDPEngine:
 
 
 def _dcp_dir(ckpt_dir: Path) -> Path:
-    return ckpt_dir / "dcp" if (ckpt_dir / "dcp").is_dir() else ckpt_dir
+    return ckpt_dir / DCP_DIR if (ckpt_dir / DCP_DIR).is_dir() else ckpt_dir
 
 
 def build_engine(cfg: PretrainConfig, env: DistEnv):

@@ -143,20 +143,21 @@ class Trainer:
                 engine.backward(loss / n_micro)
             totals += torch.stack([ce.detach(), out.aux_loss.detach(), out.z_loss.detach()]).float().cpu() / n_micro
         totals = all_reduce_mean(totals)
-        grad_norm = engine.clip_grad_norm(cfg.optimizer.grad_clip)
-        if not (math.isfinite(totals[0].item()) and math.isfinite(grad_norm)):
-            return self._skip_nonfinite(totals[0].item(), grad_norm)
-        engine.optimizer_step()
+        grad_norm = engine.step(cfg.optimizer.grad_clip, math.isfinite(totals.sum().item()))
+        if grad_norm is None:
+            return self._skip_nonfinite(totals[0].item())
         self.nonfinite_in_a_row = 0
         return {"loss": totals[0].item(), "aux_loss": totals[1].item(), "z_loss": totals[2].item(),
                 "grad_norm": grad_norm}
 
-    def _skip_nonfinite(self, loss: float, grad_norm: float) -> None:
-        self.engine.zero_grad()
+    def _skip_nonfinite(self, loss: float) -> None:
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
-        self.log.warning(f"step {self.step + 1}: non-finite loss {loss} / grad norm {grad_norm}; step skipped "
+        self.log.warning(f"step {self.step + 1}: non-finite loss ({loss}) or gradient norm; step skipped "
                          f"({self.nonfinite_in_a_row} in a row)")
+        if not self.engine.skips_nonfinite:
+            raise NonFiniteLossError(f"non-finite step at step {self.step} with backend {self.cfg.parallel.backend}, "
+                                     "which cannot skip a step; resume from the last checkpoint")
         if self.nonfinite_in_a_row >= self.cfg.trainer.max_nonfinite_steps:
             self.save()
             raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step}; "

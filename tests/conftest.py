@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests run many small models, often several processes at once, on 2 cores: one intra-op thread each
+# avoids oversubscription (which slows tiny ops ten-fold). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CLUSTER = REPO_ROOT / "slurm" / "local_cluster.sh"
 

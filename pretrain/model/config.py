@@ -160,7 +160,8 @@ class MoEModelConfig(ConfigModel):
         score and value products, as nanoGPT, PaLM and torchtitan do, so MFU figures are comparable.
         """
         seq_len = seq_len or self.max_seq_len
-        norm_weights = self.d_model + self.n_layers * (2 * self.d_model + (2 * self.dim_per_head if self.qk_norm else 0))
+        qk_norm_weights = 2 * self.dim_per_head if self.qk_norm else 0
+        norm_weights = self.d_model + self.n_layers * (2 * self.d_model + qk_norm_weights)
         matmul_weights = self.num_params(active=True) - norm_weights - self.vocab_size * self.d_model
         if self.tie_embeddings:
             matmul_weights += self.vocab_size * self.d_model

@@ -6,13 +6,21 @@ rotary embeddings rotate the two halves of each head ("rotate_half"), norms comp
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pretrain.model.config import MoEModelConfig, RopeConfig
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+AttentionMask: TypeAlias = "torch.Tensor | BlockMask"  # a boolean SDPA mask (CPU) or a flex BlockMask (CUDA)
 
 
 class RMSNorm(nn.Module):
@@ -108,31 +116,29 @@ def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
-def _flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             doc_ids: torch.Tensor) -> torch.Tensor:
-    """Document-masked attention with flex_attention (CUDA): skips fully masked blocks instead of
-    materialising a seq x seq mask. CPU has no flex backward, hence the explicit mask there."""
+def document_mask(doc_ids: torch.Tensor) -> AttentionMask:
+    """The mask for packed documents, built once per forward and shared by every layer.
+
+    On CUDA a flex_attention BlockMask, which skips fully masked blocks instead of materialising
+    seq x seq booleans; on CPU (no flex backward there) the explicit mask for SDPA.
+    """
+    if not doc_ids.is_cuda:
+        return document_causal_mask(doc_ids)
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def same_doc_causal(b: torch.Tensor, h: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
-        return (ki <= qi) & (doc_ids[b, qi] == doc_ids[b, ki])
+    def same_doc_causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (k <= q) & (doc_ids[b, q] == doc_ids[b, k])
 
-    batch, _, seq, _ = q.shape
-    block_mask = create_block_mask(same_doc_causal, batch, None, seq, seq, device=q.device)
-    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
-
-
-_FLEX = None
+    batch, seq = doc_ids.shape
+    return create_block_mask(same_doc_causal, batch, None, seq, seq, device=doc_ids.device)
 
 
-def _compiled_flex_attention():  # noqa: ANN202 - a compiled callable
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
     """flex_attention is only fast compiled; compile it once, on first use."""
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX = torch.compile(flex_attention)
-    return _FLEX
+    return torch.compile(flex_attention)
 
 
 class Attention(nn.Module):
@@ -149,7 +155,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+                mask: AttentionMask | None = None) -> torch.Tensor:
+        """`mask` from `document_mask` keeps attention inside documents; None is plain causal."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -159,12 +166,12 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         gqa = self.n_kv_heads != self.n_heads
-        if doc_ids is None:
+        if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif x.is_cuda:
-            out = _flex_document_attention(q, k, v, doc_ids)
+        elif isinstance(mask, torch.Tensor):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=document_causal_mask(doc_ids), enable_gqa=gqa)
+            out = _compiled_flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

@@ -8,6 +8,7 @@ observed load (auxiliary-loss-free balancing, DeepSeek-V3), and the router z-los
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,7 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _megablocks_gmm():  # noqa: ANN202 - returns megablocks' kernel or None
+def _megablocks_gmm() -> Callable[..., torch.Tensor] | None:
     """megablocks' grouped GEMM (the kernel its dMoE runs experts on), if it imports here."""
     try:
         from megablocks import grouped_gemm_util

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pretrain.model.config import MoEModelConfig
-from pretrain.model.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from pretrain.model.layers import Attention, AttentionMask, RMSNorm, RotaryEmbedding, SwiGLU, document_mask
 from pretrain.model.moe import MoE
 
 
@@ -40,8 +40,8 @@ class Block(nn.Module):
             self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                doc_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, doc_ids)
+                mask: AttentionMask | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         if isinstance(self.mlp, MoE):
             out, aux, z = self.mlp(self.mlp_norm(x))
             return x + out, aux, z
@@ -79,9 +79,10 @@ class Transformer(nn.Module):
         """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document."""
         x = self.embed(tokens)
         cos, sin = self.rope(tokens.shape[1])
+        mask = document_mask(doc_ids) if doc_ids is not None else None
         aux_losses, z_losses = [], []
         for block in self.layers:
-            x, aux, z = block(x, cos, sin, doc_ids)
+            x, aux, z = block(x, cos, sin, mask)
             if aux is not None:
                 aux_losses.append(aux)
                 z_losses.append(z)

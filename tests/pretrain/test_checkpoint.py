@@ -3,10 +3,15 @@
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from pretrain.checkpoint import COMPLETE, CheckpointConfig, Checkpointer, list_checkpoints
 from pretrain.engine import _AppState
+
+
+def writer(model, opt):
+    return lambda d: dcp.save({"app": _AppState(model, opt)}, checkpoint_id=str(d / "dcp"))
 
 
 def make(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -22,10 +27,11 @@ def test_save_load_roundtrip_and_retention(tmp_path: Path):
     ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=2, keep_every=2))
     model, opt = make(0)
     for step in (1, 2, 3, 4, 5):
-        ckpt.save(step, {"app": _AppState(model, opt)}, {"step": step})
+        ckpt.save(step, writer(model, opt), {"step": step})
     assert [c.step for c in list_checkpoints(tmp_path)] == [5, 4, 2]
     other, other_opt = make(1)
-    state = ckpt.load(ckpt.latest_valid(), {"app": _AppState(other, other_opt)})
+    state = ckpt.load(ckpt.latest_valid(),
+                      lambda d: dcp.load({"app": _AppState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
     assert state == {"step": 5}
     for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -35,8 +41,8 @@ def test_save_load_roundtrip_and_retention(tmp_path: Path):
 def test_truncated_checkpoint_falls_back_with_a_warning(tmp_path: Path):
     ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=3))
     model, opt = make(0)
-    ckpt.save(1, {"app": _AppState(model, opt)}, {"step": 1})
-    ckpt.save(2, {"app": _AppState(model, opt)}, {"step": 2})
+    ckpt.save(1, writer(model, opt), {"step": 1})
+    ckpt.save(2, writer(model, opt), {"step": 2})
     victim = max((p for p in (tmp_path / "step_00000002").rglob("*.distcp")), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-10])
     warnings: list[str] = []
@@ -47,7 +53,7 @@ def test_truncated_checkpoint_falls_back_with_a_warning(tmp_path: Path):
 def test_partial_directory_is_never_loaded(tmp_path: Path):
     ckpt = Checkpointer(tmp_path, CheckpointConfig())
     model, opt = make(0)
-    ckpt.save(1, {"app": _AppState(model, opt)}, {"step": 1})
+    ckpt.save(1, writer(model, opt), {"step": 1})
     (tmp_path / "step_00000002.partial" / "dcp").mkdir(parents=True)  # a save killed mid-write
     assert [c.step for c in list_checkpoints(tmp_path)] == [1]
     (tmp_path / "step_00000001" / COMPLETE).unlink()

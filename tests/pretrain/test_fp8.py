@@ -47,8 +47,8 @@ def test_fp8_filter_and_loss_close_to_fp32(recipe: str) -> None:
     assert isinstance(fp8.layers[0].attn.q_proj, Float8Linear)
     assert isinstance(fp8.layers[0].mlp.down_proj, Float8Linear)
 
-    tokens = torch.randint(0, 512, (4, 65))
-    fp32_losses, fp8_losses = _train(reference, tokens, 5), _train(fp8, tokens, 5)
+    tokens = torch.randint(0, 512, (2, 65))
+    fp32_losses, fp8_losses = _train(reference, tokens, 4), _train(fp8, tokens, 4)
     assert fp8_losses[-1] < fp8_losses[0]  # it trains
     for a, b in zip(fp32_losses, fp8_losses, strict=True):
         assert abs(a - b) / a < LOSS_TOLERANCE, (fp32_losses, fp8_losses)

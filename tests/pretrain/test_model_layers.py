@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -105,3 +106,17 @@ def test_document_masking_has_gradients() -> None:
     out = model(tokens, doc_ids)
     nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens.flatten()).backward()
     assert model.layers[0].attn.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flex_document_mask_on_cuda_matches_cpu_mask() -> None:
+    model = _tiny().build()
+    tokens = torch.randint(0, 512, (2, 256))
+    doc_ids = torch.cat([torch.zeros(2, 100, dtype=torch.long), torch.ones(2, 156, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        cpu = model(tokens, doc_ids).logits
+    gpu_model = model.cuda()
+    out = gpu_model(tokens.cuda(), doc_ids.cuda())
+    out.logits.float().pow(2).mean().backward()
+    torch.testing.assert_close(out.logits.detach().cpu(), cpu, atol=2e-3, rtol=2e-3)
