@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("data_pipeline.tokens.tokenize:STAGE",
                  "tokenize a curated run into token shards with a provenance table and manifest"),
     "mix": ("data_pipeline.mixture.mix:STAGE", "build a deterministic data mixture over token datasets"),
+    "synth": ("data_pipeline.synthetic.stage:STAGE", "generate verified synthetic reasoning traces and rephrasings"),
     "pretrain": ("pretrain.stage:STAGE", "pretrain the MoE transformer on a tokenized dataset or mixture"),
 }
 # Subcommands whose config argument may be left out.
