@@ -28,6 +28,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "mix": ("data_pipeline.mixture.mix:STAGE", "build a deterministic data mixture over token datasets"),
     "synth": ("data_pipeline.synthetic.stage:STAGE", "generate verified synthetic reasoning traces and rephrasings"),
     "pretrain": ("pretrain.stage:STAGE", "pretrain the MoE transformer on a tokenized dataset or mixture"),
+    "midtrain": ("midtrain.stage:STAGE", "continue a pretrained checkpoint: new mix, longer context, anneal, evals"),
+    "soup": ("midtrain.soup:STAGE", "average the weights of several runs of one model into one checkpoint"),
 }
 # Subcommands whose config argument may be left out.
 DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}

@@ -58,7 +58,8 @@ class PretrainConfig(ConfigModel):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     parallel: ParallelConfig = ParallelConfig()
-    init_from: str | None = None  # a checkpoint directory to start from (weights only)
+    init_from: str | None = None  # a checkpoint directory to start from (mid-training, souping)
+    init_optimizer: bool = False  # also take the optimizer state from `init_from` (else weights only)
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:

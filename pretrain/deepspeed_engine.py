@@ -114,5 +114,5 @@ class DeepSpeedEngine:
 
         return checkpointer.load(ckpt, read)
 
-    def load_weights(self, ckpt_dir: Path) -> None:
+    def load_weights(self, ckpt_dir: Path, with_optimizer: bool = False) -> None:
         raise ConfigError("init_from is not supported with parallel.backend=deepspeed")

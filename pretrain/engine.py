@@ -102,9 +102,11 @@ class FSDPEngine:
         app = {"app": _AppState(self.model, self.optimizer)}
         return checkpointer.load(ckpt, lambda d: dcp.load(app, checkpoint_id=str(d / DCP_DIR)))
 
-    def load_weights(self, ckpt_dir: Path) -> None:
-        """Weights only (mid-training's start, `init_from`): optimizer and data state start fresh."""
-        dcp.load({"app": _AppState(self.model, None)}, checkpoint_id=str(_dcp_dir(ckpt_dir)))
+    def load_weights(self, ckpt_dir: Path, with_optimizer: bool = False) -> None:
+        """Mid-training's start (`init_from`): the weights, and the optimizer state if asked; the data
+        order, step count and schedule start fresh."""
+        app = {"app": _AppState(self.model, self.optimizer if with_optimizer else None)}
+        dcp.load(app, checkpoint_id=str(_dcp_dir(ckpt_dir)))
 
 
 def _dcp_dir(ckpt_dir: Path) -> Path:

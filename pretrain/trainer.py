@@ -63,12 +63,14 @@ class Trainer:
         self.nonfinite_total = 0
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.preemption = PreemptionWatch(run.path, self.env.is_main)
+        self._started = False
 
     # ---- state -------------------------------------------------------------------------------
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "data": self.loader.state_dict(),
-                "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size}
+                "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size,
+                "model": self.cfg.model.to_dict()}
 
     def save(self) -> Path:
         path = self.engine.save(self.checkpointer, self.step, self.trainer_state())
@@ -79,8 +81,9 @@ class Trainer:
         ckpt = self.checkpointer.latest_valid(warn=self.log.warning)
         if ckpt is None:
             if self.cfg.init_from:
-                self.engine.load_weights(Path(self.cfg.init_from))
-                self.log.info(f"initialised weights from {self.cfg.init_from}")
+                self.engine.load_weights(Path(self.cfg.init_from), self.cfg.init_optimizer)
+                what = "weights and optimizer state" if self.cfg.init_optimizer else "weights"
+                self.log.info(f"initialised {what} from {self.cfg.init_from}")
             return False
         state = self.engine.load(self.checkpointer, ckpt)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -93,11 +96,18 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Resume (or initialise) once; `fit` calls it, callers that evaluate first may call it earlier."""
+        if self._started:
+            return
+        if not self.resume() and self.env.is_main:
+            self.manifest.write_header(self.data.describe(), self.cfg, self.loader)
+        self.metrics.start(self.step)
+        self._started = True
+
     def fit(self) -> dict:
         cfg = self.cfg
-        if not self.resume() and self.env.is_main:
-            self.manifest.write_header(self.data.describe(), cfg, self.loader)
-        self.metrics.start(self.step)
+        self.start()
         last = {}
         while self.step < cfg.trainer.max_steps:
             start = time.perf_counter()

@@ -1,0 +1,122 @@
+"""The mid-training experiment: a parent checkpoint, what may change about the model, and a new run.
+
+Mid-training is pretraining started from a parent checkpoint, with a linear anneal to zero (no warmup)
+by default, and optionally a longer context (RoPE theta or YaRN). `model:` holds only the keys that
+change; the rest comes from the parent, and a change of shape is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig, validate
+from data_pipeline.rundir import changed_keys
+from pretrain.checkpoint import TRAINER_STATE, Checkpoint, CheckpointConfig, Checkpointer, verify
+from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig
+from pretrain.metrics import MetricsConfig
+from pretrain.model.config import MoEModelConfig
+from pretrain.optim import OptimizerConfig, ScheduleConfig
+
+# Model keys a continuation may change: context handling and loss weights, nothing that has a shape.
+CHANGEABLE_MODEL_KEYS = ("rope.", "max_seq_len", "moe.aux_loss_weight", "moe.z_loss_weight",
+                         "moe.bias_update_rate", "moe.backend", "fp8")
+
+
+class EvalConfig(ConfigModel):
+    """Evaluations run before and after mid-training (see midtrain/evals.py)."""
+
+    reasoning_problems: int = Field(40, ge=0)
+    reasoning_generators: list[str] = Field(default_factory=lambda: ["arithmetic"])
+    reasoning_difficulties: list[int] = Field(default_factory=lambda: [1])
+    reasoning_seed: int = 987_654_321  # held out: the training problems use other seeds
+    max_new_tokens: int = Field(64, gt=0)
+    passkey_trials: int = Field(10, ge=0)
+    passkey_lengths: list[int] | None = None  # default: the parent's and the new context length
+
+
+class MidtrainConfig(ConfigModel):
+    run: RunConfig
+    parent: str  # a pretraining (or mid-training, or soup) run directory, or one checkpoint directory
+    load: Literal["weights", "full"] = "weights"  # full: also the parent's optimizer state
+    model: dict[str, Any] = Field(default_factory=dict)  # changes to the parent's model config
+    data: DataConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig(kind="linear", warmup_steps=0, min_lr_ratio=0.0)
+    trainer: TrainerConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    evals: EvalConfig = EvalConfig()
+
+
+@dataclass(frozen=True)
+class Parent:
+    checkpoint: Checkpoint
+    model: MoEModelConfig
+    state: dict[str, Any]
+
+
+def find_parent(path: str | Path) -> Parent:
+    """The newest complete checkpoint of a run directory, or the given checkpoint directory."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        ckpt = Checkpointer(path / "checkpoints", CheckpointConfig()).latest_valid()
+        if ckpt is None:
+            raise ConfigError(f"parent: {path} has no complete checkpoint")
+    elif (path / TRAINER_STATE).is_file():
+        ckpt = Checkpoint(path, int(json.loads((path / TRAINER_STATE).read_text())["step"]))
+        problem = verify(ckpt)
+        if problem:
+            raise ConfigError(f"parent: {path} is damaged: {problem}")
+    else:
+        raise ConfigError(f"parent: {path} is neither a run directory with checkpoints/ nor a checkpoint")
+    state = json.loads((ckpt.path / TRAINER_STATE).read_text())
+    if "model" not in state:
+        raise ConfigError(f"parent: {ckpt.path / TRAINER_STATE} records no model config")
+    return Parent(ckpt, validate(MoEModelConfig, state["model"], source=str(ckpt.path / TRAINER_STATE)), state)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_model(parent: MoEModelConfig, changes: dict[str, Any]) -> MoEModelConfig:
+    model = validate(MoEModelConfig, _merge(parent.to_dict(), changes), source="midtrain config (model)")
+    refused = [k for k in changed_keys(parent.to_dict(), model.to_dict()) if not k.startswith(CHANGEABLE_MODEL_KEYS)]
+    if refused:
+        a, b = _flatten_get(parent.to_dict(), refused[0]), _flatten_get(model.to_dict(), refused[0])
+        raise ConfigError(f"model.{refused[0]}: {b!r} differs from the parent checkpoint's {a!r}; mid-training "
+                          f"cannot change the model's shape (changeable: {', '.join(CHANGEABLE_MODEL_KEYS)})")
+    rope = model.rope
+    if rope.scaling != "none" and rope.original_max_position:
+        supported = int(rope.original_max_position * rope.factor)
+        if model.max_seq_len > supported:
+            raise ConfigError(f"model.max_seq_len={model.max_seq_len} exceeds what rope.scaling={rope.scaling} "
+                              f"supports: original_max_position {rope.original_max_position} x factor "
+                              f"{rope.factor} = {supported}")
+    return model
+
+
+def _flatten_get(tree: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def to_pretrain_config(cfg: MidtrainConfig, parent: Parent) -> PretrainConfig:
+    """The PretrainConfig the shared trainer runs: the parent's model with the allowed changes."""
+    return validate(PretrainConfig, {
+        "run": cfg.run.to_dict(), "model": resolve_model(parent.model, cfg.model).to_dict(),
+        "data": cfg.data.to_dict(), "optimizer": cfg.optimizer.to_dict(), "schedule": cfg.schedule.to_dict(),
+        "trainer": cfg.trainer.to_dict(), "checkpoint": cfg.checkpoint.to_dict(), "metrics": cfg.metrics.to_dict(),
+        "parallel": cfg.parallel.to_dict(), "init_from": str(parent.checkpoint.path),
+        "init_optimizer": cfg.load == "full",
+    }, source="midtrain config")

@@ -1,0 +1,102 @@
+"""Mid-training from a pretrained checkpoint: longer context, anneal, evals before/after, souping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipeline.config import ConfigError, RunConfig
+from midtrain.config import MidtrainConfig, find_parent
+from midtrain.soup import SoupConfig, load_model_state
+from midtrain.soup import run as soup
+from midtrain.stage import run as midtrain
+from pretrain.stage import run as pretrain
+from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("mid")
+    data = build_token_dataset(root / "data")
+    pretrain(tiny_pretrain(data, root / "pretrain", steps=8))
+    return data, root / "pretrain"
+
+
+def mid_config(data: Path, parent: Path, run_dir: Path, seed: int = 0, **model) -> MidtrainConfig:
+    return MidtrainConfig.model_validate({
+        "run": {"dir": str(run_dir), "seed": seed}, "parent": str(parent),
+        "model": model or {"max_seq_len": 128, "rope": {"scaling": "yarn", "factor": 2.0,
+                                                         "original_max_position": 64}},
+        "data": {"path": str(data), "seq_len": 128, "global_batch": 2, "document_masking": True,
+                 "val_sequences": 4},
+        "optimizer": {"lr": 3e-3}, "trainer": {"max_steps": 6, "micro_batch": 1},
+        "checkpoint": {"interval": 3}, "metrics": {"log_every": 1, "console": False},
+        "evals": {"reasoning_problems": 3, "max_new_tokens": 8, "passkey_trials": 2}})
+
+
+def test_midtrain_extends_context_anneals_and_evaluates(parent, tmp_path: Path):
+    data, pre = parent
+    summary = midtrain(mid_config(data, pre, tmp_path / "mid"))
+    assert summary["steps"] == 6
+    evals = json.loads((tmp_path / "mid" / "evals.json").read_text())
+    for when in ("before", "after"):
+        assert set(evals[when]["passkey"]) == {"64", "128"}
+        assert evals[when]["reasoning"]["problems"] == 3
+        assert evals[when]["perplexity"]["ppl"] > 1
+    assert evals["after"]["val_loss"]["val/loss"] < evals["before"]["val_loss"]["val/loss"]
+    records = [json.loads(x) for x in (tmp_path / "mid" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs[0] == pytest.approx(3e-3 * 5 / 6) and lrs[-1] == pytest.approx(0.0)  # linear to zero, no warmup
+    lineage = json.loads((tmp_path / "mid" / "midtrain.json").read_text())
+    assert lineage["parent"]["step"] == 8 and len(lineage["parent"]["complete_sha256"]) == 64
+    resumed = find_parent(tmp_path / "mid")
+    assert resumed.model.max_seq_len == 128 and resumed.model.rope.scaling == "yarn"
+
+
+def test_midtrain_starts_from_the_parent_weights(parent, tmp_path: Path):
+    data, pre = parent
+    cfg = mid_config(data, pre, tmp_path / "mid0")
+    cfg.optimizer.lr = 1e-12  # (almost) no update: the result must be the parent's weights
+    cfg.trainer.max_steps = 1
+    midtrain(cfg)
+    a, b = load_model_state(find_parent(pre)), load_model_state(find_parent(tmp_path / "mid0"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+
+
+def test_bad_parents_and_model_changes_are_refused(parent, tmp_path: Path):
+    data, pre = parent
+    with pytest.raises(ConfigError, match=r"model.d_model: 64 differs from the parent checkpoint's 32"):
+        midtrain(mid_config(data, pre, tmp_path / "x", d_model=64))
+    with pytest.raises(ConfigError, match=r"max_seq_len=512 exceeds what rope.scaling=yarn supports"):
+        midtrain(mid_config(data, pre, tmp_path / "y", max_seq_len=512,
+                            rope={"scaling": "yarn", "factor": 2.0, "original_max_position": 64}))
+    with pytest.raises(ConfigError, match="neither a run directory"):
+        midtrain(mid_config(data, tmp_path, tmp_path / "z"))
+    assert not any((tmp_path / n).exists() for n in "xyz")
+
+
+def test_soup_is_the_elementwise_mean_and_trains_on(parent, tmp_path: Path):
+    data, pre = parent
+    cfg_a = mid_config(data, pre, tmp_path / "a", seed=1, max_seq_len=64)
+    cfg_b = mid_config(data, pre, tmp_path / "b", seed=2, max_seq_len=64)
+    for cfg in (cfg_a, cfg_b):
+        cfg.data.seq_len = 64
+        cfg.evals.reasoning_problems = 0
+        cfg.evals.passkey_trials = 0
+        midtrain(cfg)
+    path = soup(SoupConfig(run=RunConfig(dir=str(tmp_path / "soup")), inputs=[str(tmp_path / "a"),
+                                                                                str(tmp_path / "b")]))
+    a, b = load_model_state(find_parent(tmp_path / "a")), load_model_state(find_parent(tmp_path / "b"))
+    souped = load_model_state(find_parent(path))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(souped[k], (a[k] + b[k]) / 2) for k in a)
+    manifest = json.loads((tmp_path / "soup" / "soup.json").read_text())
+    assert [i["step"] for i in manifest["inputs"]] == [6, 6] and manifest["weights"] == [0.5, 0.5]
+    cont = mid_config(data, tmp_path / "soup", tmp_path / "after-soup", max_seq_len=64)
+    cont.data.seq_len = 64
+    cont.trainer.max_steps = 2
+    cont.evals.passkey_trials = 0
+    assert midtrain(cont)["evals"]["before"]["perplexity"]["ppl"] > 1
