@@ -26,12 +26,13 @@ STOP_TEXT = "<|im_end|>"
 
 
 class Generator:
-    """Greedy decoding with our model and the dataset's tokenizer, encoded as the training data was."""
+    """Greedy decoding with our model and the dataset's tokenizer. ChatML and <think> markers in prompts
+    are their special tokens, as in chat data tokenized with `special_tokens_in_text: true`."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device, max_len: int):
         self.model = model
         self.tok = tokenizer
-        self.tok.encode_special_tokens = True  # as `atom tokenize` encodes documents
+        self.tok.encode_special_tokens = False
         self.device = device
         self.max_len = max_len
 

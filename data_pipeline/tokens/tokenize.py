@@ -38,6 +38,9 @@ class TokenizeConfig(ConfigModel):
     batch_size: int = Field(1000, ge=1)  # documents per encode_batch call
     allow_licenses: list[str] | None = None  # SPDX ids; None: any non-empty license
     verify_inputs: bool = True  # check curated shards against the curation manifest's file records
+    # Chat/reasoning data (`atom synth`) writes its ChatML and <think> markers as text on purpose: true
+    # encodes them as their special-token ids. Web text keeps the default: a marker in it is plain text.
+    special_tokens_in_text: bool = False
 
 
 def plan(config: TokenizeConfig) -> list[str]:
@@ -177,8 +180,10 @@ def _clear(root: Path) -> None:
             path.unlink()
 
 
-def open_tokenizer(path: str | Path, dtype: str) -> tuple[Any, dict[str, Any], str]:
-    """The tokenizer for encoding documents (special-token strings inside text stay plain text)."""
+def open_tokenizer(path: str | Path, dtype: str, special_tokens_in_text: bool = False
+                   ) -> tuple[Any, dict[str, Any], str]:
+    """The tokenizer for encoding documents (special-token strings inside text stay plain text unless
+    `special_tokens_in_text`)."""
     tokenizer = load_tokenizer(path)
     special = read_special(path)
     eos = special.get("eos_token")
@@ -187,7 +192,7 @@ def open_tokenizer(path: str | Path, dtype: str) -> tuple[Any, dict[str, Any], s
         raise ConfigError(f"{path}: tokenizer has no end-of-document token (eos_token {eos!r})")
     resolved = fmt.choose_dtype(tokenizer.get_vocab_size(), dtype)
     # A document that contains the text "<|endoftext|>" must not end early: encode it as bytes.
-    tokenizer.encode_special_tokens = True
+    tokenizer.encode_special_tokens = not special_tokens_in_text
     info = {
         "eos_token": eos,
         "eos_id": eos_id,
@@ -214,7 +219,7 @@ def run(config: TokenizeConfig) -> Path:
     curated = open_curated(config.input, verify_outputs=config.verify_inputs)
     check_licenses(curated, config.allow_licenses)
     tokenizer_dir = Path(config.tokenizer)
-    tokenizer, tok_info, dtype = open_tokenizer(tokenizer_dir, config.dtype)
+    tokenizer, tok_info, dtype = open_tokenizer(tokenizer_dir, config.dtype, config.special_tokens_in_text)
     missing = [name for name in TOKENIZER_FILES if not (tokenizer_dir / name).is_file()]
     if missing:
         raise ConfigError(f"{tokenizer_dir}: tokenizer directory lacks {', '.join(missing)}")

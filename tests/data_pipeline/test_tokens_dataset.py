@@ -152,3 +152,14 @@ def test_shipped_configs_validate(stage, config, capsys):
     path = Path(__file__).resolve().parents[2] / "configs" / "data" / config
     assert main([stage, str(path), "--dry-run"]) == 0
     assert f"# plan: {stage} would" in capsys.readouterr().out
+
+
+def test_special_tokens_in_text_encodes_chat_markers_as_their_ids(data, tmp_path):
+    ds = TokenDataset(tokenize(tokenize_config(tmp_path / "chat", data["curated"], data["tokenizer"],
+                                               special_tokens_in_text=True)))
+    tok = load_tokenizer(data["tokenizer"])
+    marked = next(i for i, d in enumerate(copy_docs()) if "<|im_start|>" in d["text"])
+    tokens = ds.doc_tokens(marked).tolist()
+    assert tok.token_to_id("<|im_start|>") in tokens and tok.token_to_id("<think>") in tokens
+    plain = TokenDataset(data["dataset"]).doc_tokens(marked).tolist()
+    assert tok.token_to_id("<|im_start|>") not in plain  # the default keeps markers in web text as text

@@ -1,0 +1,19 @@
+"""`atom data`: raw documents -> curated, deduplicated, decontaminated Parquet shards (on datatrove).
+
+Config: `CurateConfig` (configs/data/*.yaml). Outputs in run.dir: curated/*.parquet, manifest.json,
+excluded/<stage>/, quarantine/, reports/. See pipeline.py for the phases.
+"""
+
+from data_pipeline.curate.config import CurateConfig
+from data_pipeline.curate.pipeline import plan, run
+from data_pipeline.stage import Stage
+
+STAGE = Stage(
+    name="data",
+    summary="curate raw text into deduplicated, decontaminated Parquet shards",
+    config_cls=CurateConfig,
+    plan=plan,
+    run=run,
+)
+
+__all__ = ["STAGE", "CurateConfig", "plan", "run"]

@@ -1,0 +1,162 @@
+"""The curation config: sources, executor, and one section per stage (each switchable).
+
+A key that names no stage (`stages.dedupe:`) is a ConfigError at load time, as is any unknown key;
+paths are checked before any work starts (`check_inputs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+
+
+class SourceConfig(ConfigModel):
+    """One raw input: a file or directory, with the provenance every document carries."""
+
+    name: str
+    kind: Literal["jsonl", "parquet", "warc", "files"]
+    path: str
+    glob: str | None = None  # files under a directory path; default per kind (files: **/*)
+    license: str = "NOASSERTION"  # SPDX id
+    version: str = "unknown"
+    url_prefix: str = ""  # files: url = url_prefix + path relative to `path`
+    text_key: str = "text"  # jsonl / parquet
+    url_key: str = "url"  # jsonl / parquet; missing -> <relative path>#<row>
+    html: bool | None = None  # text needs HTML extraction; None: files by extension, warc yes, else no
+
+
+class SlurmConfig(ConfigModel):
+    partition: str = "debug"
+    time: str = "01:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    qos: str = ""
+    job_name: str = "atom-data"
+    sbatch_args: dict[str, str] = Field(default_factory=dict)
+    env_command: str | None = None  # default: activate the venv this Python runs from
+    wait: bool = True  # block until the whole chain finished, then print the summary
+    poll_seconds: float = 2.0
+    timeout_minutes: float = 120.0
+
+
+class ExecutorConfig(ConfigModel):
+    kind: Literal["local", "slurm"] = "local"
+    tasks: int = Field(2, ge=1)  # shards of the per-document phases (one output file per task)
+    workers: int = Field(2, ge=1)  # local: tasks run at once
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
+class InputConfig(ConfigModel):
+    max_document_bytes: int = 10_000_000  # larger records are quarantined as oversized_document
+
+
+class ExtractionConfig(ConfigModel):
+    enabled: bool = True
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    main_content: bool = True  # resiliparse: boilerplate removal
+    favour_precision: bool = True  # trafilatura
+
+
+class LanguageConfig(ConfigModel):
+    enabled: bool = True
+    languages: list[str] | None = None  # ISO 639-1 codes to keep; None keeps all (labels only)
+    threshold: float = 0.65  # minimum score of the kept language
+
+
+class UrlFilterConfig(ConfigModel):
+    enabled: bool = True
+    use_integrated_lists: bool = True  # datatrove's block lists (shipped in its wheel)
+    soft_word_threshold: int = 2
+    extra_domains: list[str] = Field(default_factory=list)
+    extra_urls: list[str] = Field(default_factory=list)
+    banned_words: list[str] = Field(default_factory=list)
+
+
+class QualityFilterConfig(ConfigModel):
+    """A datatrove quality filter: `params` go to its constructor, `per_language` overrides them."""
+
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+    per_language: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class ExactDedupConfig(ConfigModel):
+    enabled: bool = True
+
+
+class MinhashConfig(ConfigModel):
+    enabled: bool = True
+    n_grams: int = 5
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+    seed: int = 1
+
+
+class PIIConfig(ConfigModel):
+    enabled: bool = True
+    emails: bool = True
+    ips: bool = True
+    only_public_ips: bool = True
+    email_replacement: str = "email@example.com"
+    ip_replacement: str = "22.214.171.124"
+
+
+class DecontaminationConfig(ConfigModel):
+    enabled: bool = True
+    # directories (or files) of eval JSONL[.gz]; "builtin" is HumanEval shipped with atom
+    evals: list[str] = Field(default_factory=lambda: ["builtin"])
+    fields: list[str] = Field(default_factory=lambda: ["prompt", "question", "problem", "text", "input"])
+    n: int = Field(12, ge=3)  # word n-gram size; any shared n-gram marks a document contaminated
+
+
+class StagesConfig(ConfigModel):
+    """Every stage, in the order they run."""
+
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
+    gopher_repetition: QualityFilterConfig = Field(default_factory=QualityFilterConfig)
+    gopher_quality: QualityFilterConfig = Field(default_factory=QualityFilterConfig)
+    # FineWeb's setting: C4's "every line ends in punctuation" rule off (it deletes code and lists)
+    c4: QualityFilterConfig = Field(
+        default_factory=lambda: QualityFilterConfig(params={"filter_no_terminal_punct": False}))
+    fineweb_quality: QualityFilterConfig = Field(default_factory=QualityFilterConfig)
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    minhash: MinhashConfig = Field(default_factory=MinhashConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+
+class OutputConfig(ConfigModel):
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    row_group_size: int = 10_000
+
+
+class CurateConfig(ConfigModel):
+    run: RunConfig
+    sources: list[SourceConfig] = Field(min_length=1)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def check_inputs(config: CurateConfig) -> None:
+    """ConfigError for a missing input path or duplicate source names, before any work starts."""
+    seen: set[str] = set()
+    for i, source in enumerate(config.sources):
+        if source.name in seen:
+            raise ConfigError(f"key 'sources.{i}.name': duplicate source name {source.name!r}")
+        seen.add(source.name)
+        if not Path(source.path).exists():
+            raise ConfigError(f"key 'sources.{i}.path': input path not found: {source.path}")
+    if config.stages.decontamination.enabled:
+        for entry in config.stages.decontamination.evals:
+            if entry != "builtin" and not Path(entry).exists():
+                raise ConfigError(f"key 'stages.decontamination.evals': eval path not found: {entry}")
+    if config.stages.minhash.enabled and config.stages.minhash.num_buckets < 1:
+        raise ConfigError("key 'stages.minhash.num_buckets': must be >= 1")

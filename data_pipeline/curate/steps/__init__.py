@@ -1,0 +1,1 @@
+"""atom's own datatrove PipelineSteps: provenance readers, accounting, transforms, writers."""

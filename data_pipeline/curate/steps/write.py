@@ -1,0 +1,193 @@
+"""The curated Parquet shards and the run manifest.
+
+`CuratedWriter`: `curated/<rank>.parquet`, columns exactly id, text, source, license, url,
+source_version, language (all strings), documents in input order; written to a temporary file and
+renamed when the task's input is exhausted, so a killed task never leaves half a shard.
+`WriteManifest` (one task, after everything): sums the per-task counts into `manifest.json`
+(schema atom.curation/1) and writes `reports/decontamination.json` and `reports/throughput.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
+
+from data_pipeline.manifest import file_record
+from data_pipeline.rundir import write_json
+
+MANIFEST_SCHEMA = "atom.curation/1"
+COLUMNS = ("id", "text", "source", "license", "url", "source_version", "language")
+SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
+OUTPUT_COUNTS = "_output"
+
+
+class CuratedWriter(PipelineStep):
+    type = "💽 - WRITER"
+    name = "atom curated parquet"
+
+    def __init__(self, output_dir: str, counts_dir: str, compression: str, row_group_size: int):
+        super().__init__()
+        self.output_dir = output_dir
+        self.counts_dir = counts_dir
+        self.compression = None if compression == "none" else compression
+        self.row_group_size = row_group_size
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        path = Path(self.output_dir) / f"{rank:05d}.parquet"
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        writer = None
+        rows: dict[str, list[str]] = {name: [] for name in COLUMNS}
+        per_source: dict[str, Counter] = {}
+        total = 0
+
+        def flush():
+            nonlocal writer
+            if not rows["id"]:
+                return
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, SCHEMA, compression=self.compression)
+            writer.write_table(pa.table(rows, schema=SCHEMA))
+            for values in rows.values():
+                values.clear()
+
+        for doc in data or ():
+            meta = doc.metadata
+            values = (doc.id, doc.text, meta["source"], meta["license"], meta["url"], meta["source_version"],
+                      meta.get("language", "und"))
+            for name, value in zip(COLUMNS, values, strict=True):
+                rows[name].append(value)
+            tally = per_source.setdefault(meta["source"], Counter())
+            tally["documents"] += 1
+            tally["bytes"] += len(doc.text.encode("utf-8", "surrogatepass"))
+            total += 1
+            if len(rows["id"]) >= self.row_group_size:
+                flush()
+            yield doc
+        flush()
+        if writer is not None:
+            writer.close()
+            os.replace(tmp, path)
+        write_json(Path(self.counts_dir) / OUTPUT_COUNTS / f"{rank:05d}.json",
+                   {"documents": total, "sources": {k: dict(v) for k, v in sorted(per_source.items())}})
+
+
+def _sum_counts(files: list[Path]) -> dict[str, Any]:
+    total: dict[str, Any] = {"documents_in": 0, "documents_kept": 0, "bytes_in": 0, "bytes_out": 0,
+                             "documents_modified": 0, "seconds": 0.0, "dropped": Counter()}
+    for f in files:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        for key in ("documents_in", "documents_kept", "bytes_in", "bytes_out", "documents_modified", "seconds"):
+            total[key] += data.get(key, 0)
+        total["dropped"].update(data.get("dropped", {}))
+    return total
+
+
+class WriteManifest(PipelineStep):
+    type = "🧮 - ATOM"
+    name = "atom manifest"
+
+    def __init__(self, run_dir: str, stages: list[str], sources: list[dict], config_sha256: str, tasks: int):
+        super().__init__()
+        self.run_dir = run_dir
+        self.stages = stages
+        self.sources = sources
+        self.config_sha256 = config_sha256
+        self.tasks = tasks
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        manifest = build_manifest(Path(self.run_dir), self.stages, self.sources, self.config_sha256, self.tasks)
+        logger.info(f"manifest: {len(manifest['outputs'])} curated files, "
+                    f"{sum(o['documents'] for o in manifest['outputs'])} documents")
+        return
+        yield
+
+
+def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config_sha256: str, tasks: int) -> dict:
+    counts_dir = run_dir / "work" / "counts"
+    stage_entries, throughput = [], []
+    for stage in stages:
+        files = [counts_dir / stage / f"{rank:05d}.json" for rank in range(tasks)]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise RuntimeError(f"stage {stage}: counts missing for {len(missing)} task(s), e.g. {missing[0]}")
+        total = _sum_counts(files)
+        if total["documents_in"] != total["documents_kept"] + sum(total["dropped"].values()):
+            raise RuntimeError(f"stage {stage}: documents in != kept + dropped: {total}")
+        if stage_entries and stage_entries[-1]["documents_kept"] != total["documents_in"]:
+            raise RuntimeError(f"stage {stage}: takes {total['documents_in']} documents, "
+                               f"previous stage kept {stage_entries[-1]['documents_kept']}")
+        stage_entries.append({
+            "name": stage, "documents_in": total["documents_in"], "documents_kept": total["documents_kept"],
+            "dropped": dict(sorted(total["dropped"].items())), "bytes_in": total["bytes_in"],
+            "bytes_out": total["bytes_out"], "documents_modified": total["documents_modified"],
+        })
+        seconds = total["seconds"]
+        throughput.append({"name": stage, "documents_in": total["documents_in"], "cpu_seconds": round(seconds, 3),
+                           "docs_per_cpu_second": round(total["documents_in"] / seconds, 1) if seconds else None})
+
+    read_in: dict[str, Counter] = {}
+    for f in sorted((counts_dir / "read").glob("*.json")):
+        for name, tally in json.loads(f.read_text(encoding="utf-8")).get("sources", {}).items():
+            read_in.setdefault(name, Counter()).update(tally)
+    out: dict[str, Counter] = {}
+    for f in sorted((counts_dir / OUTPUT_COUNTS).glob("*.json")):
+        for name, tally in json.loads(f.read_text(encoding="utf-8"))["sources"].items():
+            out.setdefault(name, Counter()).update(tally)
+    source_entries = {
+        s["name"]: {"license": s["license"], "version": s["version"],
+                    "documents": out.get(s["name"], {}).get("documents", 0),
+                    "bytes": out.get(s["name"], {}).get("bytes", 0),
+                    "records_in": read_in.get(s["name"], {}).get("records", 0),
+                    "quarantined": read_in.get(s["name"], {}).get("quarantined", 0)}
+        for s in sources
+    }
+
+    outputs = []
+    for path in sorted((run_dir / "curated").glob("*.parquet")):
+        record = file_record(path, run_dir)
+        record["documents"] = pq.ParquetFile(path).metadata.num_rows
+        outputs.append(record)
+
+    excluded = {}
+    for stage in stages:
+        files = sorted((run_dir / "excluded" / stage).glob("*.jsonl"))
+        if files:
+            excluded[stage] = [f.relative_to(run_dir).as_posix() for f in files]
+
+    matches = []
+    for f in sorted((run_dir / "excluded" / "decontaminate").glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            meta = row["metadata"]
+            matches.append({"id": row["id"], "source": meta.get("source"), "url": meta.get("url"),
+                            "eval_file": row.get("eval_file"), "eval_id": row.get("eval_id"),
+                            "ngram": row.get("ngram")})
+    reports = run_dir / "reports"
+    write_json(reports / "decontamination.json", {"documents_removed": len(matches),
+                                                  "matches": sorted(matches, key=lambda m: m["id"])})
+    write_json(reports / "throughput.json", {"stages": throughput})
+
+    read_stage = next((s for s in stage_entries if s["name"] == "read"), None)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "config_sha256": config_sha256,
+        "sources": source_entries,
+        "stages": stage_entries,
+        "quarantine": read_stage["dropped"] if read_stage else {},
+        "outputs": outputs,
+        "excluded": excluded,
+        "reports": {"decontamination": "reports/decontamination.json", "throughput": "reports/throughput.json"},
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,1 @@
+"""Importers that build raw corpora from text available offline (see `debian`)."""

@@ -1,0 +1,95 @@
+"""Bad input is quarantined with its reason and counted; the run goes on."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from data_pipeline.config import load_config
+from data_pipeline.curate import CurateConfig
+from data_pipeline.curate.pipeline import run
+from tests.data_pipeline.curate_helpers import REPO_ROOT, read_manifest
+
+LO_EN = REPO_ROOT / "data_pipeline/sample_corpus/libreoffice-help-en-us/files"
+
+MINIMAL = """
+executor: {{tasks: 1, workers: 1}}
+stages:
+  language: {{enabled: false}}
+  url_filter: {{enabled: false}}
+  gopher_repetition: {{enabled: false}}
+  gopher_quality: {{enabled: false}}
+  c4: {{enabled: false}}
+  fineweb_quality: {{enabled: false}}
+  exact_dedup: {{enabled: false}}
+  minhash: {{enabled: false}}
+  pii: {{enabled: false}}
+  decontamination: {{enabled: false}}
+run: {{dir: {run}}}
+"""
+
+
+def real_pages(n: int) -> list:
+    return sorted(LO_EN.rglob("*.html"))[:n]
+
+
+def write_warc(path, pages, truncate_last: int) -> None:
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=False)
+    for i, page in enumerate(pages):
+        payload = page.read_bytes()
+        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+        record = writer.create_warc_record(f"https://help.example.org/page{i}.html", "response",
+                                           payload=io.BytesIO(payload), http_headers=headers)
+        writer.write_record(record)
+    path.write_bytes(buffer.getvalue()[:-truncate_last])
+
+
+def test_bad_records_quarantined(tmp_path, capsys):
+    good = real_pages(6)
+    text = "Real text of a LibreOffice help page, long enough to be a document."
+    jsonl = tmp_path / "docs.jsonl"
+    with open(jsonl, "wb") as fh:
+        fh.write(json.dumps({"text": text, "url": "https://a.example/1"}).encode() + b"\n")
+        fh.write(b'{"text": "cut off in the middle\n')  # malformed JSON
+        fh.write(b'{"text": "caf\xe9 au lait"}\n')  # invalid UTF-8
+        fh.write(b'{"text": "   "}\n')  # empty document
+        fh.write(b'{"text": "' + b"word " * 10_000_000 + b'"}\n')  # a 50 MB document
+    html_dir = tmp_path / "html"
+    html_dir.mkdir()
+    for page in good[:3]:
+        shutil.copy(page, html_dir / page.name)
+    (html_dir / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (html_dir / "empty.html").write_text("")
+    warc = tmp_path / "crawl.warc"
+    write_warc(warc, good[3:6], truncate_last=500)
+
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(
+        "sources:\n"
+        f"  - {{name: j, kind: jsonl, path: {jsonl}, license: CC0-1.0}}\n"
+        f"  - {{name: h, kind: files, path: {html_dir}, license: MPL-2.0}}\n"
+        f"  - {{name: w, kind: warc, path: {warc}, license: MPL-2.0}}\n" + MINIMAL.format(run=run_dir))
+    run(load_config(CurateConfig, config_file))
+
+    manifest = read_manifest(run_dir)
+    assert manifest["quarantine"] == {
+        "binary_file": 1, "empty_document": 2, "invalid_utf8": 1, "malformed_json": 1,
+        "oversized_document": 1, "truncated_warc_record": 1,
+    }
+    read = manifest["stages"][0]
+    assert read["documents_in"] == 5 + 5 + 3  # jsonl lines, files, WARC responses
+    assert read["documents_kept"] == 1 + 3 + 2
+    quarantined = [json.loads(line) for f in sorted((run_dir / "quarantine").glob("*.jsonl"))
+                   for line in f.read_text().splitlines()]
+    assert sorted(q["reason"] for q in quarantined) == sorted(
+        r for r, n in manifest["quarantine"].items() for _ in range(n))
+    assert any(q["location"].endswith("logo.png") for q in quarantined)
+    assert any(q["location"] == f"j:{jsonl.name}:2" for q in quarantined)
+    assert "quarantined: 7" in capsys.readouterr().out
+    assert sum(o["documents"] for o in manifest["outputs"]) == 6
