@@ -51,27 +51,57 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subcommands.add_parser(name, help=summary, description=summary)
         add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
     add_audit_parser(subcommands)
+    add_release_parser(subcommands)
     return parser
 
 
 def add_audit_parser(subcommands: argparse._SubParsersAction) -> None:
-    summary = "verify a token dataset or mixture offline: hashes, counts, provenance, licenses"
+    summary = "verify a token dataset, mixture or release offline: hashes, counts, provenance, licenses"
     sub = subcommands.add_parser("audit", help=summary, description=summary)
-    sub.add_argument("path", help="dataset or mixture directory (or its manifest.json)")
+    sub.add_argument("path", help="dataset or mixture directory (or its manifest.json), or a release directory")
     sub.add_argument("--allow-license", dest="allow_licenses", action="append", default=None, metavar="SPDX",
                      help="a license the data may carry (repeatable); default: the list the data was built with")
     sub.add_argument("--config", help="YAML file whose allow_licenses list to use (e.g. the tokenize config)")
     sub.add_argument("--verbose", "-v", action="store_true", help="print every check, not only failures")
+    sub.add_argument("--data", action="append", default=None, metavar="DIR",
+                     help="release only: a dataset or mixture a stage trained on; its shards are re-hashed and "
+                          "the trained tokens recomputed (repeatable)")
+
+
+def add_release_parser(subcommands: argparse._SubParsersAction) -> None:
+    summary = "package a trained run (and its lineage) as a verifiable Hugging Face-format release"
+    sub = subcommands.add_parser("release", help=summary, description=summary)
+    sub.add_argument("run_dir", help="pretraining or mid-training run directory")
+    sub.add_argument("--out", required=True, help="release directory (new, empty, or an earlier release)")
+    sub.add_argument("--step", type=int, default=None, help="checkpoint step to release (default: the newest)")
+    sub.add_argument("--name", default=None, help="model name in the card (default: the run directory's name)")
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from midtrain.release.build import build_release
+
+    out = build_release(args.run_dir, args.out, step=args.step, name=args.name)
+    print(f"atom release: wrote {out}; verify it with `atom audit {out}`")
+    return 0
 
 
 def run_audit(args: argparse.Namespace) -> int:
     """Exit 0 when every check holds, 1 when any fails (each failure printed with its file)."""
+    from pathlib import Path
+
     from data_pipeline.audit import allow_list_from_config, audit
 
     allow = allow_list_from_config(args.config) if args.config else None
     if args.allow_licenses:
         allow = sorted(set(allow or []) | set(args.allow_licenses))
-    report = audit(args.path, allow)
+    if (Path(args.path) / "release.json").is_file():
+        from midtrain.release.audit import audit_release
+
+        report = audit_release(args.path, allow, args.data)
+    elif args.data:
+        raise ConfigError("--data applies to a release directory only")
+    else:
+        report = audit(args.path, allow)
     print(report.render(verbose=args.verbose))
     return 0 if report.ok else 1
 
@@ -106,10 +136,13 @@ def run_stage(name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "audit":
             return run_audit(args)
+        if args.command == "release":
+            return run_release(args)
         return run_stage(args.command, args)
     except ConfigError as exc:
         print(f"atom {args.command}: error: {exc}", file=sys.stderr)

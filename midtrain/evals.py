@@ -22,7 +22,7 @@ from midtrain.config import EvalConfig
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
 ASSISTANT = "<|im_start|>assistant\n"
-STOP_TEXT = "<|im_end|>"
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # the end of a chat turn, the end of a document
 
 
 class Generator:
@@ -35,23 +35,24 @@ class Generator:
         self.tok.encode_special_tokens = False
         self.device = device
         self.max_len = max_len
+        self.stop_ids = {i for i in map(tokenizer.token_to_id, STOP_TOKENS) if i is not None}
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     @torch.no_grad()
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int, stop: str | None = None) -> str:
-        ids = list(prompt_ids)[-self.max_len:]
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> str:
+        """The continuation of `prompt_ids` up to a stop token (not included) or `max_new_tokens`."""
+        ids = list(prompt_ids)
         out: list[int] = []
         for _ in range(max_new_tokens):
             window = torch.tensor([ids[-self.max_len:]], device=self.device)
             next_id = int(self.model(window).logits[0, -1].argmax())
+            if next_id in self.stop_ids:
+                break
             ids.append(next_id)
             out.append(next_id)
-            if stop and self.tok.decode(out[-8:], skip_special_tokens=False).endswith(stop):
-                break
-        text = self.tok.decode(out, skip_special_tokens=False)
-        return text.split(stop)[0] if stop else text
+        return self.tok.decode(out, skip_special_tokens=False)
 
 
 def reasoning_accuracy(gen: Generator, cfg: EvalConfig) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def reasoning_accuracy(gen: Generator, cfg: EvalConfig) -> dict[str, Any]:
     correct, malformed = 0, 0
     for problem in problems:
         prompt = chatml(problem.messages()) + ASSISTANT
-        answer = gen.greedy(gen.encode(prompt), cfg.max_new_tokens, stop=STOP_TEXT)
+        answer = gen.greedy(gen.encode(prompt), cfg.max_new_tokens)
         verdict = verify(answer, problem.answer, problem.unit)
         correct += verdict.correct
         malformed += verdict.status == "malformed"

@@ -1,0 +1,354 @@
+"""`atom audit RELEASE_DIR`: verify a release offline, trusting none of its files.
+
+1. files: SHA256SUMS lists every file (no more, no fewer) with its hash; release.json is a release.
+2. model card: README.md equals the card regenerated from release.json.
+3. per stage: the config's header digest matches its body; the training manifest pins the copied data
+   manifest (sha256), the tokenizer and the stream's size; steps run 1..N with global_batch x seq_len
+   tokens each, the checkpoint's tokens_seen agrees, and the epochs over the stream are as recorded;
+   the data files are those the manifests pin; the provenance covers the stream; every document behind
+   the trained windows (recomputed from the training manifest) has a license within the allow-list;
+   a stage's parent is the previous stage's checkpoint.
+4. weights: config.json is the trained architecture; transformers loads the weights (no missing or
+   unexpected tensors) and the tokenizer offline, and generates.
+5. with --data DIR: DIR is the data a stage trained on (manifest sha256), passes the dataset/mixture
+   audit (every shard re-hashed), and its tokens under the trained windows hash to the recorded digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+
+from data_pipeline.audit import AuditReport, _audit_provenance
+from data_pipeline.audit import audit as audit_data
+from data_pipeline.config import ConfigError
+from data_pipeline.manifest import sha256_file, verify_file_record
+from data_pipeline.tokens import format as fmt
+from midtrain.release import data as rdata
+from midtrain.release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, is_release
+from midtrain.release.card import render_card
+from midtrain.release.lineage import (
+    CONFIG,
+    MIDTRAIN,
+    TRAIN_MANIFEST,
+    batches_per_epoch,
+    resolved_model,
+    touched_documents,
+    trained_tokens_digest,
+    trained_windows,
+)
+
+PROMPT = "def "
+NEW_TOKENS = 8
+
+
+def audit_release(path: str | Path, allow_licenses: list[str] | None = None, data: list[str] | None = None,
+                  load_weights: bool = True) -> AuditReport:
+    root = Path(path)
+    if not root.is_dir() or not (root / RELEASE_JSON).is_file():
+        raise ConfigError(f"{root}: not an atom release (no {RELEASE_JSON})")
+    report = AuditReport(str(root), "release")
+    _files(root, report)
+    if not report.add(RELEASE_JSON, f"schema {SCHEMA}", is_release(root), "unreadable or not a release manifest"):
+        return report
+    release = json.loads((root / RELEASE_JSON).read_text(encoding="utf-8"))
+    report.summary.update({"stages": len(release.get("stages", [])), "tokens": release.get("tokens_total"),
+                           "SHA256SUMS sha256": sha256_file(root / SUMS)[:16] if (root / SUMS).is_file() else "-"})
+    try:
+        report.add("README.md", "model card generated from release.json",
+                   (root / "README.md").is_file() and (root / "README.md").read_text(encoding="utf-8")
+                   == render_card(release), "differs from the card release.json generates")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        report.add(RELEASE_JSON, "readable", False, f"malformed: {exc!r}")
+        return report
+    allow = sorted(set(allow_licenses)) if allow_licenses is not None else None
+    for stage in release["stages"]:
+        try:
+            _stage(root, release, stage, report, allow)
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            report.add(stage.get("dir", "lineage"), "readable stage records", False, f"{type(exc).__name__}: {exc}")
+    _weights(root, release, report, load_weights)
+    for given in data or []:
+        _given_data(Path(given), root, release, report, allow)
+    return report
+
+
+# ---- 1. files -------------------------------------------------------------------------------------
+
+
+def _files(root: Path, report: AuditReport) -> None:
+    sums = root / SUMS
+    if not report.add(SUMS, "present", sums.is_file(), "missing"):
+        return
+    listed: dict[str, str] = {}
+    for n, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not report.add(SUMS, "well-formed line", sep and len(digest) == 64 and name, f"line {n}: {line[:80]!r}"):
+            continue
+        listed[name] = digest
+    names = list(listed)
+    report.add(SUMS, "sorted by path", names == sorted(names), "entries are not sorted")
+    for name, digest in listed.items():
+        file = root / name
+        if not report.add(name, "present", file.is_file() and not file.is_symlink(), "listed in SHA256SUMS, missing"):
+            continue
+        report.add(name, "sha256 matches SHA256SUMS", sha256_file(file) == digest, "file differs from its checksum")
+    for file in sorted(root.rglob("*")):
+        rel = file.relative_to(root).as_posix()
+        if rel == SUMS or file.is_dir() and not file.is_symlink():
+            continue
+        if file.is_symlink() or not file.is_file():
+            report.add(rel, "a plain file", False, "links and special files are not allowed in a release")
+        elif rel not in listed:
+            report.add(rel, "listed in SHA256SUMS", False, "file not in SHA256SUMS")
+
+
+# ---- 3. stages ------------------------------------------------------------------------------------
+
+
+def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: AuditReport, allow) -> None:
+    sdir = stage["dir"]
+    base = root / sdir
+    cfg_name = f"{sdir}/{CONFIG}"
+    text = (base / CONFIG).read_text(encoding="utf-8")
+    config = yaml.safe_load(text) or {}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    header_line = text.splitlines()[1] if len(text.splitlines()) > 1 else ""
+    report.add(cfg_name, "config-sha256 header matches the config",
+               header_line == f"# config-sha256: {digest}" and digest == stage["config_sha256"],
+               "the resolved config does not hash to its recorded config-sha256")
+
+    tm_name = f"{sdir}/{TRAIN_MANIFEST}"
+    lines = [json.loads(line) for line in (base / TRAIN_MANIFEST).read_text().splitlines() if line]
+    header, records = lines[0], [r for r in lines[1:] if r["step"] <= stage["step"]]
+    stream = header["stream"]
+    seq_len, batch = int(header["seq_len"]), int(header["global_batch"])
+    report.add(tm_name, "agrees with the config", seq_len == config["data"]["seq_len"]
+               and batch == config["data"]["global_batch"] and header["seed"] == config["run"]["seed"]
+               and stage["step"] <= config["trainer"]["max_steps"],
+               "seq_len, global_batch, seed or steps differ from config.yaml")
+
+    data_dir = root / stage["data"]["dir"]
+    dm_name = f"{stage['data']['dir']}/{fmt.MANIFEST}"
+    manifest = json.loads((data_dir / fmt.MANIFEST).read_text(encoding="utf-8"))
+    report.add(dm_name, "pinned by the training manifest",
+               sha256_file(data_dir / fmt.MANIFEST) == stream["manifest_sha256"] == stage["data"]["manifest_sha256"],
+               f"sha256 differs from stream.manifest_sha256 in {tm_name}")
+    report.add(tm_name, "stream size is the data manifest's", stream["n_tokens"] == manifest.get("n_tokens"),
+               f"stream n_tokens {stream['n_tokens']}, data manifest {manifest.get('n_tokens')}")
+    report.add(tm_name, "tokenizer is the release's", stream["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
+               == release["tokenizer"]["sha256"], "tokenizer sha256 differs between training manifest, data "
+               "manifest and release")
+
+    # Token budget: steps x global_batch x seq_len, as the checkpoint and release.json say.
+    step = stage["step"]
+    report.add(tm_name, "one record per step", [r["step"] for r in records] == list(range(1, step + 1)),
+               f"records do not run 1..{step}")
+    per_step = batch * seq_len
+    trained = sum(int(r["tokens"]) for r in records)
+    report.add(tm_name, "tokens = steps x global_batch x seq_len",
+               all(int(r["tokens"]) == per_step for r in records) and trained == step * per_step == stage["tokens"],
+               f"{trained} tokens recorded, {step} x {batch} x {seq_len} = {step * per_step}, "
+               f"release.json {stage['tokens']}")
+    ckpts = json.loads((base / CHECKPOINTS_JSON).read_text())
+    used = next((c for c in ckpts if c["step"] == step), None)
+    report.add(f"{sdir}/{CHECKPOINTS_JSON}", "checkpoint tokens_seen", used is not None and used == stage["checkpoint"]
+               and used["tokens_seen"] == trained, f"step {step}: checkpoint entry missing or tokens_seen != {trained}")
+    batches = [int(r["batch"]) for r in records]
+    per_epoch = batches_per_epoch(header)
+    epochs = batches[-1] // per_epoch + 1 if batches else 0
+    increasing = all(a < b for a, b in zip(batches, batches[1:], strict=False)) and (not batches or batches[0] >= 0)
+    report.add(tm_name, "batches in order",
+               increasing and per_epoch == header["batches_per_epoch"] == stage["batches_per_epoch"],
+               "batch indices not increasing, or batches_per_epoch differs from the stream's size")
+    windows = trained_windows(header, records)
+    available = per_epoch * batch
+    report.add(tm_name, "within what the data offers", epochs == stage["epochs"] and windows.size <= epochs * available
+               and windows.size == stage["windows"],
+               f"{windows.size} windows over {epochs} epoch(s) of {available} (release.json: {stage['epochs']})")
+    _repetition(manifest, stage, trained, available * seq_len, report, dm_name)
+
+    # The data files the manifests pin, the provenance, and the trained documents' licenses.
+    dataset_roots = _data_files(data_dir, manifest, stage, report)
+    if dataset_roots is None:
+        return
+    docs = rdata.StreamDocuments.read(data_dir, manifest, dataset_roots)
+    mask = touched_documents(docs.ends, windows, seq_len)
+    where = (f"{stage['data']['dir']}/{manifest['provenance']['path']}" if manifest["schema"] == fmt.DATASET_SCHEMA
+             else f"{stage['data']['dir']}/{manifest['sequence']['array']['path']}")
+    report.add(where, "documents cover the stream", len(docs.ends) > 0 and int(docs.ends[-1]) == stream["n_tokens"],
+               f"documents end at {int(docs.ends[-1]) if len(docs.ends) else 0}, stream has {stream['n_tokens']}")
+    lic = docs.licenses[mask]
+    empty = np.array([not (isinstance(v, str) and v.strip()) for v in lic], dtype=bool)
+    report.add(where, "every trained document has a license", not empty.any(),
+               f"{int(empty.sum())} trained document(s) without a license, e.g. {docs.ids[mask][empty][:3].tolist()}")
+    policy = allow if allow is not None else stage["data"]["allow_licenses"]
+    if policy is not None:
+        outside = sorted({v for v in lic[~empty].tolist() if v not in policy})
+        report.add(where, "trained documents' licenses within allow-list", not outside,
+                   f"{', '.join(outside)} not in allow-list {policy}")
+    report.add(RELEASE_JSON, f"trained documents of stage {stage['index']}",
+               docs.summary(mask) == stage["trained_documents"],
+               "per-source/license counts differ from the recomputed ones")
+
+    if stage["parent"] is not None:
+        prev = release["stages"][stage["parent"]["stage"]]
+        meta = _midtrain_meta(root, stage)
+        if meta is not None:
+            report.add(f"{sdir}/{MIDTRAIN}", "parent is the previous stage", meta["parent"].get("step") ==
+                       stage["parent"]["step"] and meta["parent"].get("complete_sha256") ==
+                       stage["parent"]["complete_sha256"] and meta["parent"].get("model") == stage_model(root, prev),
+                       f"names a parent other than {prev['dir']} at step {stage['parent']['step']}")
+        prev_ckpts = json.loads((root / prev["dir"] / CHECKPOINTS_JSON).read_text())
+        match = [c for c in prev_ckpts if c["step"] == stage["parent"]["step"]
+                 and c["complete_sha256"] == stage["parent"]["complete_sha256"]]
+        report.add(f"{sdir}/{CONFIG}", "parent is the previous stage's checkpoint",
+                   bool(match) and prev["step"] == stage["parent"]["step"],
+                   f"parent step {stage['parent']['step']} is not a checkpoint of {prev['dir']}")
+
+
+def _repetition(manifest, stage, trained, available_tokens, report, name) -> None:
+    """A mixture caps each source's repetitions; training over it more than once multiplies them."""
+    if manifest.get("schema") != fmt.MIXTURE_SCHEMA or not available_tokens:
+        return
+    passes = max(1.0, trained / available_tokens)
+    over = [f"{k}: {v['repetitions']:.2f} x {passes:.2f} > {v['max_repetitions']}"
+            for k, v in manifest.get("sources", {}).items()
+            if v.get("max_repetitions") is not None and v["repetitions"] * passes > v["max_repetitions"] + 1e-9]
+    report.add(name, "source repetitions within their caps after training passes", not over, "; ".join(over))
+
+
+def _data_files(data_dir: Path, manifest: dict[str, Any], stage: dict[str, Any], report: AuditReport):
+    """Check the copied files against the manifests that pin them; the dataset roots, or None if files are
+    missing. A file that is present but not the pinned one is still read, so its own problems are named too."""
+    prefix = stage["data"]["dir"] + "/"
+    mname = prefix + fmt.MANIFEST
+
+    def pinned(record: dict[str, Any], where: Path, pre: str) -> bool:
+        problem = verify_file_record(record, where)
+        report.add(pre + record["path"], "pinned by its manifest", problem is None, problem or "")
+        return (where / record["path"]).is_file()
+
+    def dataset(ds_dir: Path, ds_manifest: dict[str, Any], pre: str) -> bool:
+        ok = pinned(ds_manifest["provenance"], ds_dir, pre)
+        if ok:
+            _audit_provenance(pq.read_table(ds_dir / ds_manifest["provenance"]["path"]), ds_manifest, [], report,
+                              pre + ds_manifest["provenance"]["path"], pre + fmt.MANIFEST, None, summarize=False)
+        return ok
+
+    if manifest.get("schema") == fmt.DATASET_SCHEMA:
+        return [] if dataset(data_dir, manifest, prefix) else None
+    ok = pinned(manifest["sequence"]["array"], data_dir, prefix) & pinned(manifest["sequence"]["table"], data_dir,
+                                                                           prefix)
+    roots = []
+    for i, entry in enumerate(manifest["datasets"]):
+        ds_dir = data_dir / rdata.dataset_dir(i)
+        pre = f"{prefix}{rdata.dataset_dir(i)}/"
+        file = ds_dir / fmt.MANIFEST
+        if not report.add(pre + fmt.MANIFEST, "pinned by the mixture", file.is_file()
+                          and sha256_file(file) == entry["manifest_sha256"],
+                          f"missing or sha256 differs from datasets[{i}] of {mname}"):
+            ok = False
+            continue
+        ok &= dataset(ds_dir, json.loads(file.read_text(encoding="utf-8")), pre)
+        roots.append(ds_dir)
+    return roots if ok else None
+
+
+# ---- 4. weights -----------------------------------------------------------------------------------
+
+
+def _midtrain_meta(root: Path, stage: dict[str, Any]) -> dict[str, Any] | None:
+    file = root / stage["dir"] / MIDTRAIN
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def stage_model(root: Path, stage: dict[str, Any]) -> dict[str, Any]:
+    """The full model config of a stage, from its config.yaml (and midtrain.json)."""
+    config = yaml.safe_load((root / stage["dir"] / CONFIG).read_text()) or {}
+    return resolved_model(config, _midtrain_meta(root, stage))
+
+
+def _weights(root: Path, release: dict[str, Any], report: AuditReport, load: bool) -> None:
+    try:
+        config = json.loads((root / "config.json").read_text())
+        trained_model = stage_model(root, release["stages"][-1])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        report.add("config.json", "readable", False, str(exc))
+        return
+    ours = {**trained_model, "fp8": None}
+    report.add("config.json", "is the trained architecture", config.get("atom_config") == ours
+               == release["model"]["config"], "atom_config differs from the released stage's config.yaml model")
+    if (root / "tokenizer.json").is_file():
+        report.add("tokenizer.json", "is the tokenizer the model trained with",
+                   sha256_file(root / "tokenizer.json") == release["tokenizer"]["sha256"],
+                   "sha256 differs from release.json / the training manifest")
+    if not load:
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=torch.float32,
+                                                           output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - a release whose weights do not load fails this check
+        report.add("model.safetensors", "loads with transformers", False, f"{type(exc).__name__}: {exc}"[:300])
+        return
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    n_params = sum(p.numel() for p in model.parameters())
+    want = release["model"]["params_total"]
+    report.add("model.safetensors", "loads with transformers", not problems and n_params == want,
+               f"{problems or ''} {n_params} parameters, release.json says {want}")
+    try:
+        tok = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        report.add("tokenizer.json", "loads with transformers", False, f"{type(exc).__name__}: {exc}"[:300])
+        return
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
+    report.add("model.safetensors", "generates", out.shape[1] == ids.shape[1] + NEW_TOKENS
+               and torch.isfinite(model(ids).logits).all().item(), "generation failed or logits not finite")
+
+
+# ---- 5. the dataset itself --------------------------------------------------------------------------
+
+
+def _given_data(path: Path, root: Path, release: dict[str, Any], report: AuditReport, allow) -> None:
+    name = f"--data {path}"
+    file = path / fmt.MANIFEST if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"--data {path}: no {fmt.MANIFEST} there")
+    sha = sha256_file(file)
+    stages = [s for s in release["stages"] if s["data"]["manifest_sha256"] == sha]
+    if not report.add(name, "is data a stage trained on", bool(stages),
+                      f"manifest sha256 {sha[:16]}... matches no stage's training manifest"):
+        return
+    data_report = audit_data(file.parent, allow)
+    for check in data_report.checks:
+        report.add(f"{path}/{check.file}", check.check, check.ok, check.detail)
+    from data_pipeline.tokens.reader import open_tokens
+    from pretrain.data import TokenWindows
+
+    for stage in stages:
+        lines = [json.loads(line) for line in (root / stage["dir"] / TRAIN_MANIFEST).read_text().splitlines() if line]
+        records = [r for r in lines[1:] if r["step"] <= stage["step"]]
+        windows = trained_windows(lines[0], records)
+        got = trained_tokens_digest(TokenWindows(open_tokens(file.parent).spans(), stage["seq_len"]), windows)
+        report.add(name, f"trained tokens of stage {stage['index']} hash to the recorded digest",
+                   got == stage["trained_tokens_sha256"], f"sha256 {got[:16]}..., release.json "
+                   f"{stage['trained_tokens_sha256'][:16]}...")
