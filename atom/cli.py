@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from data_pipeline.config import ConfigError, load_config
 from data_pipeline.stage import Stage
+from slurm import commands as slurm_commands
 
 EXIT_USER_ERROR = 2
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
     add_audit_parser(subcommands)
     add_release_parser(subcommands)
+    slurm_commands.add_parsers(subcommands, list(STAGES))
     return parser
 
 
@@ -143,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_audit(args)
         if args.command == "release":
             return run_release(args)
+        if args.command == "submit":
+            return slurm_commands.run_submit(args, load_stage, argv)
+        if args.command == "jobs":
+            return slurm_commands.run_jobs(args)
         return run_stage(args.command, args)
     except ConfigError as exc:
         print(f"atom {args.command}: error: {exc}", file=sys.stderr)

@@ -46,6 +46,9 @@ def env_world() -> tuple[int, int, int]:
 
 def check_layout(cfg: PretrainConfig, world_size: int) -> None:
     """Refuse a layout that cannot work, before any process group exists."""
+    if world_size > 1 and cfg.parallel.backend == "none":
+        raise ConfigError(f"parallel.backend=none trains one process, but the world size is {world_size}; "
+                          "set parallel.backend to fsdp2 or deepspeed")
     per_rank, rest = divmod(cfg.data.global_batch, world_size)
     if rest:
         raise ConfigError(f"data.global_batch={cfg.data.global_batch} is not divisible by the world size {world_size}")

@@ -135,6 +135,10 @@ def test_bad_layouts_fail_before_any_process_group(dataset: Path, tmp_path: Path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a multiple of trainer.micro_batch" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+    proc = subprocess.run([sys.executable, "-m", "atom", "pretrain", str(path), "--set", "data.global_batch=4",
+                           "--set", "parallel.backend=none"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "parallel.backend=none trains one process" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "atom", "pretrain", str(path), "--set", "parallel.zero_stage=4"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "parallel.zero_stage" in proc.stderr

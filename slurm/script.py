@@ -1,0 +1,232 @@
+"""Render the sbatch script of one stage: a plain bash file a user can read, edit and resubmit by hand.
+
+Shape of a job (every stage):
+
+    #SBATCH lines (from the profile)          one task per node; `--signal=B:USR1@warn` to the batch shell
+    profile setup lines, exported env
+    trap USR1/TERM -> touch RUN_DIR/STOP       the trainer polls STOP at every step boundary, all ranks
+                                               agree, checkpoint, exit 3 (EXIT_REQUEUE)
+    srun ... torchrun (c10d rendezvous on the first node of the allocation) ... rank wrapper ... atom STAGE
+    decide from srun's status and each rank's exit code:
+        0                      -> done
+        2 (a user error)       -> stop, not resubmitted
+        preempted (3 / STOP)   -> `scontrol requeue` while fewer than max_requeues preemptions so far
+        other failure          -> `scontrol requeue` while fewer than max_failures failures so far
+    every attempt appends one line to RUN_DIR/slurm/attempts.tsv (read by `atom jobs`)
+
+Why a STOP file and not signals to the ranks: torchrun's agent dies on SIGUSR1 (default action) and
+answers SIGTERM by tearing its workers down with a 30 s grace; `scancel --signal` reaches either only
+the batch shell or every process of every step. A file on the shared run directory reaches every rank
+on every node the same way, and the trainer already agrees on it collectively. SIGTERM sent straight to
+the ranks (preemption, `scontrol requeue`, time limit) is handled by the trainer too.
+
+Every value that comes from the user (paths, names, env values) is quoted: `shlex.quote` in the shell
+part, backslash escapes in `#SBATCH` lines (sbatch's own parser); newlines are refused.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.config import ConfigError
+from slurm.profile import ClusterProfile
+
+EXIT_REQUEUE = 3  # the trainer's "checkpoint written, requeue me" (pretrain.preemption.EXIT_REQUEUE)
+EXIT_USER_ERROR = 2  # atom's one-line user error: retrying cannot help
+TORCHRUN_STAGES = ("pretrain", "midtrain")
+
+# Runs each rank: its output into logs/<attempt>/rank<R>.log, its exit code into rank<R>.exit, and
+# TERM/USR1 forwarded to the rank (torchrun signals the process group; srun signals every process).
+RANK_WRAPPER = r"""rank=${RANK:-${SLURM_PROCID:-0}}
+"$@" >>"$ATOM_LOG_DIR/rank$rank.log" 2>&1 &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' TERM INT
+trap 'kill -USR1 $pid 2>/dev/null' USR1
+while kill -0 $pid 2>/dev/null; do wait $pid; done
+wait $pid; rc=$?
+echo $rc >"$ATOM_LOG_DIR/rank$rank.exit"
+exit $rc"""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    stage: str
+    config: Path  # the frozen config the job runs (absolute)
+    run_dir: Path  # absolute
+    workdir: Path  # the job's working directory (relative paths in the config resolve against it)
+    job_name: str
+
+
+def sbatch_quote(value: str) -> str:
+    """One `#SBATCH` argument. sbatch's own parser (not a shell) splits on blanks, ends the line at an
+    unquoted '#', and inside double quotes takes `\\"` and `\\\\` as escapes: quote anything unusual."""
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"newline in an sbatch value: {value!r}")
+    if re.fullmatch(r"[A-Za-z0-9_./:=@%,+-]*", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def job_name(prefix: str, stage: str, run_dir: Path) -> str:
+    """`atom-pretrain-<run dir name>`, reduced to characters every SLURM tool displays plainly."""
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", run_dir.name).strip("_") or "run"
+    return f"{prefix}-{stage}-{tail}"[:128]
+
+
+def sbatch_options(profile: ClusterProfile, spec: JobSpec) -> list[str]:
+    logs = spec.run_dir / "slurm" / "logs"
+    opts = [f"--job-name={spec.job_name}"]
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(profile, key)
+        if value:
+            opts.append(f"--{key}={value}")
+    opts += [f"--nodes={profile.nodes}", "--ntasks-per-node=1"]
+    if profile.cpus_per_task:
+        opts.append(f"--cpus-per-task={profile.cpus_per_task}")
+    if profile.gpus_per_node:
+        opts.append(f"--gpus-per-node={profile.gpus_per_node}")
+    if profile.mem:
+        opts.append(f"--mem={profile.mem}")
+    if profile.exclusive:
+        opts.append("--exclusive")
+    opts += [f"--time={profile.time}", f"--chdir={spec.workdir}", f"--output={logs}/job-%j.out",
+             "--open-mode=append", "--requeue", f"--signal=B:USR1@{profile.requeue.warn_seconds}",
+             f"--comment=atom:{spec.stage}"]
+    return opts + list(profile.sbatch_extra)
+
+
+def _sbatch_line(option: str) -> str:
+    if "=" in option and option.startswith("--"):
+        key, value = option.split("=", 1)
+        return f"#SBATCH {key}={sbatch_quote(value)}"
+    return f"#SBATCH {sbatch_quote(option)}"
+
+
+def step_command(profile: ClusterProfile, spec: JobSpec) -> str:
+    """The srun line (with torchrun for training stages), as it appears in the script."""
+    q = shlex.quote
+    wrapper = ["/bin/bash", "-c", RANK_WRAPPER, "atom-rank"]
+    atom = ['"$PY"', "-m", "atom", spec.stage, '"$CONFIG"']
+    srun = ["srun", "--export=ALL", "--kill-on-bad-exit=1", f"--nodes={profile.nodes}", "--ntasks-per-node=1",
+            '--output="$ATOM_LOG_DIR/node%n.out"']
+    if spec.stage in TORCHRUN_STAGES:
+        torchrun = ['"$PY"', "-m", "torch.distributed.run", '--nnodes="$SLURM_JOB_NUM_NODES"',
+                    f"--nproc-per-node={profile.ranks_per_node}", "--rdzv-backend=c10d",
+                    '--rdzv-endpoint="$MASTER_ADDR:$RDZV_PORT"', '--rdzv-id="$SLURM_JOB_ID"', "--max-restarts=0",
+                    "--no-python"]
+        parts = srun + torchrun + [q(w) for w in wrapper] + atom
+    else:
+        parts = srun + [q(w) for w in wrapper] + atom
+    return " \\\n    ".join(_group(parts))
+
+
+def _group(parts: list[str]) -> list[str]:
+    """Keep the wrapper's multi-line body on a line of its own so the script stays readable."""
+    lines, current = [], []
+    for part in parts:
+        if "\n" in part:
+            if current:
+                lines.append(" ".join(current))
+            lines.append(part)
+            current = []
+        else:
+            current.append(part)
+    if current:
+        lines.append(" ".join(current))
+    return lines
+
+
+def render(profile: ClusterProfile, spec: JobSpec, submitted_by: str) -> str:
+    q = shlex.quote
+    r = profile.requeue
+    lines = ["#!/bin/bash", f"# Rendered by `{submitted_by}`.",
+             f"# Resubmit by hand: sbatch {q(str(spec.run_dir / 'slurm' / 'job.sbatch'))}"]
+    lines += [_sbatch_line(o) for o in sbatch_options(profile, spec)]
+    lines += ["", "set -uo pipefail", "", "# --- environment (profile setup) ---"]
+    lines += list(profile.setup)
+    lines += [f"export {k}={q(v)}" for k, v in sorted(profile.env.items()) if _env_name(k)]
+    lines += [
+        f"PY={q(profile.python_path())}",
+        f"CONFIG={q(str(spec.config))}",
+        f"RUN_DIR={q(str(spec.run_dir))}",
+        'SLURM_DIR="$RUN_DIR/slurm"',
+        f"MAX_REQUEUES={r.max_requeues}",
+        f"MAX_FAILURES={r.max_failures}",
+        "RESTART=${SLURM_RESTART_COUNT:-0}",
+        'export ATOM_LOG_DIR="$SLURM_DIR/logs/$SLURM_JOB_ID.$RESTART"',
+        'mkdir -p "$ATOM_LOG_DIR"',
+        'ATTEMPTS="$SLURM_DIR/attempts.tsv"',
+        "",
+        "attempt() {  # attempt OUTCOME RC NOTE: one line per attempt, read by `atom jobs`",
+        '    printf "%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n" "$(date -u +%FT%TZ)" "$SLURM_JOB_ID" "$RESTART" "$1" "$2" "$3" \\',
+        '        >>"$ATTEMPTS"',
+        '    echo "atom-job: $1 (exit $2) $3"',
+        "}",
+        "count() { awk -F'\\t' -v j=\"$SLURM_JOB_ID\" -v o=\"$1\" '$2 == j && $4 == o' \"$ATTEMPTS\" 2>/dev/null"
+        " | wc -l; }",
+        "",
+        'if (( RESTART > MAX_REQUEUES + MAX_FAILURES )); then',
+        '    attempt gave-up 1 "restart $RESTART exceeds max_requeues + max_failures"; exit 1',
+        "fi",
+        "",
+        "# --- preemption: SLURM's warning (--signal=B:USR1@N), scancel --signal=USR1 --batch, or SIGTERM ---",
+        "STOP_REQUESTED=0",
+        'on_warning() { STOP_REQUESTED=1; echo "atom-job: stop requested, ranks checkpoint at the next step";'
+        ' touch "$RUN_DIR/STOP"; }',
+        "trap on_warning USR1 TERM",
+        'rm -f "$RUN_DIR/STOP"',
+        "",
+        *(_rendezvous(profile) if spec.stage in TORCHRUN_STAGES else []),
+        step_command(profile, spec) + " &",
+        "STEP=$!",
+        'while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; done  # a trapped signal interrupts wait',
+        'wait "$STEP"; rc=$?',
+        "",
+        'codes=$(cat "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | sort -u | tr "\\n" " ")',
+        'other=$(for c in $codes; do [[ $c != 0 && $c != ' f"{EXIT_REQUEUE}" ' ]] && echo "$c"; done)',
+        "if (( rc == 0 )); then",
+        '    attempt completed 0 ""; exit 0',
+        "fi",
+        f'if [[ " $codes " == *" {EXIT_USER_ERROR} "* ]] && (( ! STOP_REQUESTED )); then',
+        f'    attempt user-error "$rc" "a rank exited {EXIT_USER_ERROR} (bad config or input): not resubmitted"; '
+        f"exit {EXIT_USER_ERROR}",
+        "fi",
+        f'if (( STOP_REQUESTED )) || [[ " $codes " == *" {EXIT_REQUEUE} "* && -z $other ]]; then',
+        "    n=$(count preempted)",
+        "    if (( n < MAX_REQUEUES )); then",
+        '        attempt preempted "$rc" "requeue $((n + 1)) of $MAX_REQUEUES (rank exits: $codes)"',
+        '        scontrol requeue "$SLURM_JOB_ID"; exit 0',
+        "    fi",
+        f'    attempt requeue-limit "$rc" "max_requeues=$MAX_REQUEUES reached; resubmit by hand to continue"; '
+        f"exit {EXIT_REQUEUE}",
+        "fi",
+        "n=$(count failed)",
+        "if (( n < MAX_FAILURES )); then",
+        '    attempt failed "$rc" "resubmit $((n + 1)) of $MAX_FAILURES from the last checkpoint (rank exits: $codes)"',
+        '    scontrol requeue "$SLURM_JOB_ID"; exit 0',
+        "fi",
+        'attempt failure-limit "$rc" "max_failures=$MAX_FAILURES reached (rank exits: $codes)"; exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _rendezvous(profile: ClusterProfile) -> list[str]:
+    return [
+        "# --- rendezvous on the first node of the allocation ---",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        f"RDZV_PORT={profile.rdzv_port or '$((20000 + SLURM_JOB_ID % 20000))'}",
+        "export MASTER_ADDR RDZV_PORT",
+        'echo "atom-job: job $SLURM_JOB_ID restart $RESTART on $SLURM_JOB_NODELIST,'
+        ' rendezvous $MASTER_ADDR:$RDZV_PORT"',
+        "",
+    ]
+
+
+def _env_name(name: str) -> bool:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"profile env: '{name}' is not a valid environment variable name")
+    return True

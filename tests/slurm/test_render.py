@@ -1,0 +1,164 @@
+"""`atom submit` without a cluster: rendering, quoting, --dry-run, and bad input as one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atom import cli
+from data_pipeline.config import ConfigError
+from slurm.profile import gpu_count, load_profile
+from slurm.script import sbatch_quote
+from tests.slurm.helpers import HOSTILE
+
+NO_CLUSTER = ["--profile-set", "check_cluster=false"]
+
+
+@pytest.fixture
+def tokenize_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tok.yaml"
+    path.write_text(yaml.safe_dump({"run": {"dir": str(tmp_path / f"run {HOSTILE}")}, "input": "/data/curated",
+                                    "tokenizer": "/data/tokenizer"}))
+    return path
+
+
+@pytest.fixture
+def pretrain_config(tmp_path: Path) -> Path:
+    from tests.pretrain.fixtures import tiny_pretrain
+
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump(tiny_pretrain(tmp_path / "data", tmp_path / "run").to_dict()))
+    return path
+
+
+def dry_run(capsys, *args: str) -> str:
+    assert cli.main(["submit", *args, "--dry-run", *NO_CLUSTER]) == 0
+    return capsys.readouterr().out
+
+
+def error(capsys, *args: str) -> str:
+    assert cli.main(["submit", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line
+    return err
+
+
+def test_dry_run_prints_script_and_writes_nothing(pretrain_config: Path, tmp_path: Path, capsys):
+    out = dry_run(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local", "--nodes", "2")
+    assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=1" in out and "#SBATCH --requeue" in out
+    assert "#SBATCH --signal=B:USR1@60" in out and "#SBATCH --partition=debug" in out
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in out
+    assert re.search(r'torch\.distributed\.run --nnodes="\$SLURM_JOB_NUM_NODES" --nproc-per-node=1 '
+                     r'--rdzv-backend=c10d --rdzv-endpoint="\$MASTER_ADDR:\$RDZV_PORT"', out)
+    assert '-m atom pretrain "$CONFIG"' in out
+    assert not (tmp_path / "run").exists()  # nothing written, nothing submitted
+
+
+def test_gpu_profile_renders_cluster_settings(pretrain_config: Path, tmp_path: Path, capsys):
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    out = dry_run(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "example_gpu",
+                  "--profile-set", f"python={python}")
+    for line in ("#SBATCH --account=my-project", "#SBATCH --qos=normal", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --constraint=h100", "#SBATCH --exclusive", "#SBATCH --gres-flags=enforce-binding",
+                 "module load cuda/12.4 nccl/2.21", "export NCCL_SOCKET_IFNAME=ib0", "--nproc-per-node=8"):
+        assert line in out, line
+
+
+def test_data_stage_is_one_task_without_torchrun(tokenize_config: Path, capsys):
+    out = dry_run(capsys, str(tokenize_config), "--stage", "tokenize", "--profile", "local")
+    assert "torch.distributed.run" not in out and "-m atom tokenize" in out and "MASTER_ADDR" not in out
+
+
+def test_hostile_values_are_quoted(tokenize_config: Path, tmp_path: Path, capsys):
+    out = dry_run(capsys, str(tokenize_config), "--stage", "tokenize", "--profile", "local",
+                  "--profile-set", "env.EVIL=x'; touch PWNED; echo '$(id)")
+    script = tmp_path / "job.sh"
+    script.write_text(out)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # evaluate the script's assignments in bash: every value comes back literally, nothing runs
+    assignments = [line for line in out.splitlines() if re.match(r"(export EVIL|RUN_DIR|CONFIG)=", line)]
+    shown = subprocess.run(["bash", "-c", "\n".join([*assignments, 'printf "%s\\n" "$EVIL" "$RUN_DIR" "$CONFIG"'])],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.splitlines()
+    run_dir = str(tmp_path / f"run {HOSTILE}")
+    assert shown == ["x'; touch PWNED; echo '$(id)", run_dir, f"{run_dir}/slurm/config.yaml"]
+    assert not (tmp_path / "PWNED").exists()
+    assert f"#SBATCH --output={sbatch_quote(run_dir + '/slurm/logs/job-%j.out')}" in out
+
+
+def test_sbatch_quote():
+    assert sbatch_quote("/plain/path-1.out") == "/plain/path-1.out"
+    assert sbatch_quote('a b"c\\d#e') == '"a b\\"c\\\\d#e"'
+    with pytest.raises(ConfigError):
+        sbatch_quote("a\nb")
+
+
+def test_gpu_count_parses_sinfo_gres():
+    assert gpu_count("(null)") == 0
+    assert gpu_count("gpu:h100:8(S:0-1)") == 8
+    assert gpu_count("gpu:4,shard:8") == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile-set", "partitoin=x"], "unknown key 'partitoin' (did you mean 'partition'?)"),
+    (["--nodes", "0"], "--nodes 0: must be at least 1"),
+    (["--profile-set", "gpus_per_node=1"], "gpus_per_node=1 but a node of this cluster has max_gpus_per_node=0"),
+    (["--profile-set", "python=/nonexistent/venv/bin/python"], "'/nonexistent/venv/bin/python' does not exist"),
+    (["--profile", "nosuchcluster"], "unknown cluster profile 'nosuchcluster'"),
+    (["--after", "abc"], "--after 'abc': expected a SLURM job id"),
+])
+def test_bad_input_is_one_line_exit_2(pretrain_config: Path, capsys, args, message):
+    err = error(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local", "--dry-run",
+                *NO_CLUSTER, *args)
+    assert message in err, err
+
+
+def test_missing_config_and_multi_node_data_stage(tokenize_config: Path, tmp_path: Path, capsys):
+    err = error(capsys, str(tmp_path / "missing.yaml"), "--stage", "pretrain", "--dry-run", *NO_CLUSTER)
+    assert "config file not found" in err
+    err = error(capsys, str(tokenize_config), "--stage", "tokenize", "--nodes", "2", "--dry-run", *NO_CLUSTER)
+    assert "this stage runs on one node" in err
+
+
+def test_sbatch_not_on_path(pretrain_config: Path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    err = error(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local")
+    assert "'sbatch' is not on PATH" in err
+
+
+def test_profiles_load():
+    assert load_profile("local").max_gpus_per_node == 0
+    gpu = load_profile("example_gpu")
+    assert gpu.gpus_per_node == 8 and gpu.ranks_per_node == 8 and gpu.requeue.max_requeues == 10
+
+
+@pytest.mark.slurm
+def test_unknown_partition_and_too_many_gpus_at_submit_time(slurm_cluster, pretrain_config: Path, capsys):
+    err = error(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local", "--dry-run",
+                "--profile-set", "partition=gpu-huge")
+    assert "unknown partition 'gpu-huge' (this cluster has: debug)" in err
+    err = error(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local", "--dry-run",
+                "--profile-set", "max_gpus_per_node=null", "--profile-set", "gpus_per_node=2")
+    assert "gpus_per_node=2 but nodes of partition 'debug' have at most 0 GPU(s)" in err
+    err = error(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local", "--dry-run",
+                "--nodes", "3")
+    assert "nodes=3 but partition 'debug' has 2 node(s)" in err
+
+
+def test_curation_on_slurm_takes_partition_and_env_from_profile(tmp_path: Path):
+    from data_pipeline.curate.config import CurateConfig
+    from slurm.submit import prepare
+
+    profile = load_profile("example_gpu", [f"python={tmp_path}/venv/bin/python"])
+    _, _, data = prepare(CurateConfig, str(Path(cli.__file__).parents[1] / "configs" / "data" / "sample.yaml"),
+                         "data", profile, ["executor.kind=slurm", f"run.dir={tmp_path / 'cur'}"])
+    s = data["executor"]["slurm"]
+    assert s["partition"] == "gpu" and s["qos"] == "normal"
+    assert s["sbatch_args"] == {"account": "my-project", "constraint": "h100"}
+    assert s["env_command"].startswith("module purge; module load cuda/12.4 nccl/2.21;")
+    assert s["env_command"].endswith(f"source {tmp_path}/venv/bin/activate")
