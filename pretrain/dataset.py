@@ -38,6 +38,23 @@ class TrainingData:
         self.val_windows = np.sort(rng.choice(self.windows.n_windows, size=val_sequences, replace=False))
         self.val_sources = [tokens.locate(int(w) * seq_len).source for w in self.val_windows]
 
+    def unigram_loss(self, max_tokens: int = 20_000_000) -> float:
+        """Cross-entropy (nats) of the held-out targets under the stream's unigram distribution (add-one
+        smoothed, counted over the first `max_tokens` tokens): the bar a model must clear to have learnt
+        anything beyond token frequencies."""
+        counts = np.ones(self.vocab_size, dtype=np.float64)
+        seen = 0
+        for span in self.windows.spans:
+            take = min(span.n_tokens, max_tokens - seen)
+            tokens = np.memmap(span.path, dtype=np.dtype(span.dtype), mode="r")[span.start:span.start + take]
+            counts += np.bincount(tokens, minlength=self.vocab_size)[: self.vocab_size]
+            seen += take
+            if seen >= max_tokens:
+                break
+        log_p = np.log(counts / counts.sum())
+        targets = np.concatenate([self.windows.read(int(w), False)[0][1:] for w in self.val_windows])
+        return float(-log_p[targets].mean())
+
     def describe(self) -> dict[str, Any]:
         """What the training manifest records about the stream: enough to find every token again."""
         manifest = self.tokens.root / MANIFEST

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.manifest import code_version
+
 ORDER_DEFINITION = ("windows [w*L, w*L+L+1) of the concatenated spans; training windows = all minus held_out; "
                     "epoch e order = train_windows[numpy.random.default_rng([seed, e]).permutation(n_train)]; "
                     "global batch b = order[(b % per_epoch)*B : (b % per_epoch + 1)*B] of epoch b // per_epoch; "
@@ -27,7 +29,8 @@ class TrainManifest:
         self.enabled = enabled
 
     def write_header(self, stream: dict[str, Any], cfg: Any, loader: Any) -> None:
-        header = {"step": 0, "schema": "atom.train_tokens/1", "stream": stream, "seq_len": cfg.data.seq_len,
+        header = {"step": 0, "schema": "atom.train_tokens/1", "code_version": code_version(),
+                  "stream": stream, "seq_len": cfg.data.seq_len,
                   "seed": cfg.run.seed, "global_batch": cfg.data.global_batch,
                   "batches_per_epoch": loader.batches_per_epoch, "order": ORDER_DEFINITION}
         self.path.write_text(json.dumps(header, sort_keys=True) + "\n")

@@ -100,9 +100,12 @@ class Trainer:
         """Resume (or initialise) once; `fit` calls it, callers that evaluate first may call it earlier."""
         if self._started:
             return
-        if not self.resume() and self.env.is_main:
+        fresh = not self.resume()
+        if fresh and self.env.is_main:
             self.manifest.write_header(self.data.describe(), self.cfg, self.loader)
         self.metrics.start(self.step)
+        if fresh and len(self.data.val_windows):
+            self.metrics.log(0, {"val/unigram_loss": self.data.unigram_loss()})
         self._started = True
 
     def fit(self) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -49,8 +50,11 @@ def test_two_runs_are_bit_identical_and_loss_falls(dataset: Path, tmp_path: Path
     assert summary["steps"] == 12 and summary["tokens_seen"] == 12 * 4 * 32
     first, last = losses(a)[0], losses(a)[-1]
     assert last < first - 0.3, (first, last)
-    val = [r for r in map(json.loads, (a / "metrics.jsonl").read_text().splitlines()) if "val/loss" in r]
+    records = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val/loss" in r]
     assert len(val) == 2 and any(k.startswith("val/loss/stdlib-") for k in val[0])
+    unigram = records[0]["val/unigram_loss"]
+    assert 3.0 < unigram < math.log(512)  # below uniform: the bar a trained model must clear
     assert (a / "metrics.png").stat().st_size > 0 and any((a / "tensorboard").iterdir())
 
 
