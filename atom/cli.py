@@ -27,6 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("data_pipeline.tokens.tokenize:STAGE",
                  "tokenize a curated run into token shards with a provenance table and manifest"),
     "mix": ("data_pipeline.mixture.mix:STAGE", "build a deterministic data mixture over token datasets"),
+    "longdocs": ("data_pipeline.longdocs:STAGE", "select long documents of a curated run for long-context training"),
     "synth": ("data_pipeline.synthetic.stage:STAGE", "generate verified synthetic reasoning traces and rephrasings"),
     "pretrain": ("pretrain.stage:STAGE", "pretrain the MoE transformer on a tokenized dataset or mixture"),
     "midtrain": ("midtrain.stage:STAGE", "continue a pretrained checkpoint: new mix, longer context, anneal, evals"),

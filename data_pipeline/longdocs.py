@@ -1,0 +1,124 @@
+"""`atom longdocs CONFIG`: select the long documents of a curated run, for long-context mid-training.
+
+Long-context data is documents long enough to fill the new context (OLMo 3 and others select by
+length per source). The output is a curated run (the contract `atom tokenize` reads): the selected
+documents unchanged, in input order, with a manifest that inherits the input's curation counts and adds
+this selection as one more stage (kept, and dropped as `too_short` or `source_not_selected`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.manifest import code_version, file_record, recorded_config
+from data_pipeline.rundir import RunDir, write_json
+from data_pipeline.stage import Stage
+from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, open_curated
+
+ROWS_PER_FILE = 50_000
+
+
+class LongDocsConfig(ConfigModel):
+    run: RunConfig
+    input: str  # a curated run
+    min_chars: int = Field(gt=0)  # default threshold for every source
+    per_source: dict[str, int] = Field(default_factory=dict)  # source -> its own threshold
+    sources: list[str] | None = None  # only these sources (None: all)
+
+
+def threshold(cfg: LongDocsConfig, source: str) -> int | None:
+    if cfg.sources is not None and source not in cfg.sources:
+        return None
+    return cfg.per_source.get(source, cfg.min_chars)
+
+
+def plan(cfg: LongDocsConfig) -> list[str]:
+    return [f"read curated run {cfg.input}",
+            f"keep documents of at least {cfg.min_chars} characters (per source: {cfg.per_source or 'none'}), "
+            f"sources {cfg.sources or 'all'}",
+            f"write {cfg.run.dir}/{CURATED_DIR}/*.parquet and manifest.json"]
+
+
+def run(cfg: LongDocsConfig) -> Path:
+    curated = open_curated(cfg.input)
+    unknown = sorted(s for s in set(cfg.per_source) | set(cfg.sources or []) if s not in curated.sources)
+    if unknown:
+        raise ConfigError(f"per_source/sources: {', '.join(unknown)} not in {cfg.input} "
+                          f"(sources: {', '.join(sorted(curated.sources))})")
+    run_dir = RunDir.claim(cfg.run.dir, "longdocs", cfg, cfg.run.overwrite)
+    out_dir = run_dir.file(CURATED_DIR)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
+    dropped: Counter[str] = Counter()
+    kept_by_source: Counter[str] = Counter()
+    bytes_by_source: Counter[str] = Counter()
+    bytes_in = bytes_out = docs_in = 0
+    pending: list[pa.Table] = []
+    outputs = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        table = pa.concat_tables(pending)
+        path = out_dir / f"{len(outputs):05d}.parquet"
+        pq.write_table(table, path)
+        outputs.append({**file_record(path, run_dir.path), "documents": table.num_rows})
+        pending.clear()
+
+    for _, batch in curated.batches(10_000):
+        table = pa.Table.from_batches([batch]).select(list(COLUMNS))
+        rows = table.to_pylist()
+        keep = []
+        for row in rows:
+            size = len(row["text"].encode())
+            docs_in += 1
+            bytes_in += size
+            limit = threshold(cfg, row["source"])
+            if limit is None:
+                dropped["source_not_selected"] += 1
+            elif len(row["text"]) < limit:
+                dropped["too_short"] += 1
+            else:
+                keep.append(True)
+                kept_by_source[row["source"]] += 1
+                bytes_by_source[row["source"]] += size
+                bytes_out += size
+                continue
+            keep.append(False)
+        pending.append(table.filter(pa.array(keep)))
+        if sum(t.num_rows for t in pending) >= ROWS_PER_FILE:
+            flush()
+    flush()
+    kept = sum(kept_by_source.values())
+    if kept == 0:
+        raise ConfigError(f"min_chars: no document of {cfg.input} is long enough ({docs_in} documents read)")
+    inherited = curated.manifest
+    stage = {"name": "longdocs", "documents_in": docs_in, "documents_kept": kept, "dropped": dict(dropped),
+             "bytes_in": bytes_in, "bytes_out": bytes_out}
+    sources = {name: {**(inherited.get("sources") or {}).get(name, {}), "documents": kept_by_source[name],
+                      "bytes": bytes_by_source[name]} for name in sorted(kept_by_source)}
+    write_json(run_dir.file("manifest.json"), {
+        "schema": CURATION_SCHEMA, "sources": sources, "stages": [*inherited.get("stages", []), stage],
+        "quarantine": inherited.get("quarantine", {}), "outputs": outputs,
+        "config_sha256": sha256_json(recorded_config(cfg)),
+        "parent": {"path": cfg.input, "manifest_sha256": curated.manifest_sha256},
+        "code_version": code_version()})
+    run_dir.logger().info(f"longdocs: kept {kept} of {docs_in} documents ({dict(dropped)})")
+    return run_dir.path
+
+
+def sha256_json(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+STAGE = Stage("longdocs", "select long documents of a curated run (long-context mid-training data)",
+              LongDocsConfig, plan, run)
