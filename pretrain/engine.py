@@ -55,7 +55,8 @@ class FSDPEngine:
 
     def __init__(self, cfg: PretrainConfig, env: DistEnv):
         self.cfg = cfg
-        self.model = parallelize(cfg.model.build().to(env.device), cfg, env)
+        self.model = parallelize(cfg.model.build(cfg.parallel.fp8_all_gather).to(env.device), cfg, env)
+        self._fp8_all_gather = cfg.parallel.fp8_all_gather
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self._sharded = cfg.parallel.backend == "fsdp2"
 
@@ -86,6 +87,10 @@ class FSDPEngine:
         self.optimizer.step()
         self.zero_grad()
         self.model.update_expert_bias()
+        if self._fp8_all_gather:  # one all-reduce for every layer's float8 scale, instead of one per layer
+            from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+            precompute_float8_dynamic_scale_for_fsdp(self.model)
         return norm
 
     def zero_grad(self) -> None:

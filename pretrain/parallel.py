@@ -59,8 +59,9 @@ def check_layout(cfg: PretrainConfig, world_size: int) -> None:
     if shard is not None and (cfg.parallel.backend != "fsdp2" or world_size % shard):
         raise ConfigError(f"parallel.shard_size={shard} needs backend fsdp2 and must divide "
                           f"the world size {world_size}")
-    if cfg.parallel.fp8_all_gather and (cfg.model.fp8 is None or cfg.parallel.backend != "fsdp2"):
-        raise ConfigError("parallel.fp8_all_gather needs parallel.backend=fsdp2 and model.fp8 set")
+    if cfg.parallel.fp8_all_gather and (cfg.model.fp8 is None or cfg.parallel.backend != "fsdp2"
+                                        or cfg.model.fp8.recipe != "tensorwise"):
+        raise ConfigError("parallel.fp8_all_gather needs parallel.backend=fsdp2 and model.fp8.recipe=tensorwise")
 
 
 def init_distributed(cfg: PretrainConfig) -> DistEnv:

@@ -168,13 +168,14 @@ class MoEModelConfig(ConfigModel):
         attention = 12 * self.n_layers * self.n_heads * self.dim_per_head * seq_len
         return 6 * matmul_weights + attention
 
-    def build(self) -> Transformer:
-        """The model with freshly initialised weights (FP8-converted when `fp8` is set)."""
+    def build(self, fp8_all_gather: bool = False) -> Transformer:
+        """The model with freshly initialised weights (FP8-converted when `fp8` is set; `fp8_all_gather`
+        prepares the FP8 weights for FSDP2's float8 all-gather)."""
         from pretrain.model.transformer import Transformer
 
         model = Transformer(self)
         if self.fp8 is not None:
             from pretrain.model.fp8 import convert_to_fp8
 
-            convert_to_fp8(model, self.fp8.recipe)
+            convert_to_fp8(model, self.fp8.recipe, fsdp_all_gather=fp8_all_gather)
         return model

@@ -26,11 +26,21 @@ def keep_high_precision(module: nn.Module, fqn: str) -> bool:
     return module.in_features % FP8_MULTIPLE != 0 or module.out_features % FP8_MULTIPLE != 0
 
 
-def convert_to_fp8(model: nn.Module, recipe: Literal["tensorwise", "rowwise"]) -> nn.Module:
-    """Swap eligible nn.Linear layers of `model` for torchao Float8Linear, in place."""
+def convert_to_fp8(model: nn.Module, recipe: Literal["tensorwise", "rowwise"],
+                   fsdp_all_gather: bool = False) -> nn.Module:
+    """Swap eligible nn.Linear layers of `model` for torchao Float8Linear, in place.
+
+    `fsdp_all_gather` (tensorwise only) makes FSDP2 all-gather the weights already cast to float8, half
+    the bytes of bf16; it needs NCCL (gloo cannot send float8).
+    """
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
-    config = Float8LinearConfig.from_recipe_name(recipe)
+    if fsdp_all_gather:
+        if recipe != "tensorwise":
+            raise ValueError(f"FP8 all-gather needs the tensorwise recipe, not {recipe!r}")
+        config = Float8LinearConfig(enable_fsdp_float8_all_gather=True)
+    else:
+        config = Float8LinearConfig.from_recipe_name(recipe)
     return convert_to_float8_training(
         model, config=config, module_filter_fn=lambda module, fqn: not keep_high_precision(module, fqn)
     )

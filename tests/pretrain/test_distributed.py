@@ -146,3 +146,17 @@ def test_bad_layouts_fail_before_any_process_group(dataset: Path, tmp_path: Path
                            "--set", "parallel.shard_size=3"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "shard_size=3" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fsdp2_nccl_bf16_fp8_all_gather_on_one_gpu(dataset: Path, tmp_path: Path):
+    cfg = tiny_pretrain(dataset, tmp_path / "gpu", steps=8)
+    cfg.trainer.device = "cuda"
+    cfg.model.fp8 = {"recipe": "tensorwise"}
+    cfg.parallel.backend = "fsdp2"
+    cfg.parallel.mixed_precision = "bf16"
+    cfg.parallel.fp8_all_gather = True
+    torchrun(PretrainConfig.model_validate(cfg.to_dict()), tmp_path, nproc=1)
+    found = losses(tmp_path / "gpu")
+    assert all(x == x for x in found) and found[-1] < found[0]

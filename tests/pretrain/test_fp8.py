@@ -75,3 +75,17 @@ def test_fp8_on_cuda_bf16(recipe: str) -> None:
     bf16_losses, fp8_losses = _train(reference, tokens, 5), _train(fp8, tokens, 5)
     for a, b in zip(bf16_losses, fp8_losses, strict=True):
         assert abs(a - b) / a < LOSS_TOLERANCE, (bf16_losses, fp8_losses)
+
+
+def test_fp8_all_gather_build_trains_on_cpu_in_one_process() -> None:
+    """The float8 all-gather weights (FSDP2 over NCCL on GPU) still train as plain FP8 in one process."""
+    torch.manual_seed(0)
+    cfg = load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", "fp8.recipe=tensorwise"])
+    model = cfg.build(fp8_all_gather=True)
+    assert model.layers[1].attn.o_proj.config.enable_fsdp_float8_all_gather
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33))
+    losses = _train(model, tokens, 3)
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="tensorwise"):
+        load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", "fp8.recipe=rowwise"]
+                    ).build(fp8_all_gather=True)
