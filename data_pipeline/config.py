@@ -65,12 +65,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict, top: Mapping) -> dict:
-    """`top` over `base`, recursively."""
+def deep_merge(base: dict, top: Mapping) -> dict:
+    """`top` over `base`, recursively (neither is modified)."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -114,7 +114,7 @@ def _resolve_section(data: dict[str, Any], path: Path, origins: dict[str, str], 
         base_path = path.parent / base
         if not base_path.is_file():
             raise ConfigError(f"{path}: key '{prefix}{EXTENDS_KEY}': base file not found: {base_path}")
-        merged = _deep_merge(merged, load_yaml_tree(base_path, origins, prefix, stack))
+        merged = deep_merge(merged, load_yaml_tree(base_path, origins, prefix, stack))
     for key, value in data.items():
         if isinstance(value, dict):
             data[key] = _resolve_section(value, path, origins, f"{prefix}{key}.", stack)
@@ -123,7 +123,7 @@ def _resolve_section(data: dict[str, Any], path: Path, origins: dict[str, str], 
             _record_origins(value, f"{prefix}{key}", origins, str(path))
         elif f"{prefix}{key}" not in origins:
             origins[f"{prefix}{key}"] = str(path)
-    return _deep_merge(merged, data)
+    return deep_merge(merged, data)
 
 
 # ---------------------------------------------------------------------------------------------

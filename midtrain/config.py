@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig, validate
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig, deep_merge, validate
 from data_pipeline.rundir import changed_keys
 from pretrain.checkpoint import TRAINER_STATE, Checkpoint, CheckpointConfig, Checkpointer, verify
 from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig
@@ -81,15 +81,8 @@ def find_parent(path: str | Path) -> Parent:
     return Parent(ckpt, validate(MoEModelConfig, state["model"], source=str(ckpt.path / TRAINER_STATE)), state)
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve_model(parent: MoEModelConfig, changes: dict[str, Any]) -> MoEModelConfig:
-    model = validate(MoEModelConfig, _merge(parent.to_dict(), changes), source="midtrain config (model)")
+    model = validate(MoEModelConfig, deep_merge(parent.to_dict(), changes), source="midtrain config (model)")
     refused = [k for k in changed_keys(parent.to_dict(), model.to_dict()) if not k.startswith(CHANGEABLE_MODEL_KEYS)]
     if refused:
         a, b = _flatten_get(parent.to_dict(), refused[0]), _flatten_get(model.to_dict(), refused[0])

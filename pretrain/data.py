@@ -13,16 +13,12 @@ the requested windows are read, so memory stays flat as the corpus grows.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_pipeline.tokens.reader import TokenSpan
-
-MAX_OPEN_FILES = 64
+from data_pipeline.tokens.reader import MemmapCache, TokenSpan
 
 
 @dataclass(frozen=True)
@@ -31,25 +27,6 @@ class Batch:
     targets: torch.Tensor  # [rows, L] int64
     doc_ids: torch.Tensor | None  # [rows, L] int64: equal ids attend to each other; None without masking
     windows: np.ndarray  # [rows] global window indices, for the training manifest
-
-
-class _MemmapCache:
-    """A small LRU of open memmaps so a corpus of thousands of shards keeps few files open."""
-
-    def __init__(self, capacity: int = MAX_OPEN_FILES):
-        self.capacity = capacity
-        self._maps: OrderedDict[tuple[Path, str], np.memmap] = OrderedDict()
-
-    def get(self, path: Path, dtype: str) -> np.memmap:
-        key = (path, dtype)
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
-        mm = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        self._maps[key] = mm
-        if len(self._maps) > self.capacity:
-            self._maps.popitem(last=False)
-        return mm
 
 
 class TokenWindows:
@@ -65,7 +42,7 @@ class TokenWindows:
         self.n_windows = (self.n_tokens - 1) // seq_len
         if self.n_windows < 1:
             raise ValueError(f"the stream has {self.n_tokens} tokens, fewer than one sequence of {seq_len + 1}")
-        self._cache = _MemmapCache()
+        self._cache = MemmapCache()
 
     def read(self, window: int, with_docs: bool) -> tuple[np.ndarray, np.ndarray | None]:
         lo = window * self.seq_len

@@ -10,7 +10,6 @@ checkpoint is intact; resume from it).
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.config import ConfigError
+from data_pipeline.config import ConfigError, deep_merge
 from pretrain.checkpoint import Checkpoint, Checkpointer
 from pretrain.config import PretrainConfig
 from pretrain.optim import build_optimizer, set_lr
@@ -28,13 +27,6 @@ DS_DIR = "deepspeed"
 DS_TAG = "state"
 DEFAULT_BUCKET = 500_000_000
 MIN_BUCKET = 1_000_000
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
@@ -55,7 +47,7 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    return _merge(generated, cfg.parallel.deepspeed_extra)
+    return deep_merge(generated, cfg.parallel.deepspeed_extra)
 
 
 class DeepSpeedEngine:

@@ -79,7 +79,9 @@ def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file.parent, json.loads(file.read_text(encoding="utf-8"))
 
 
-class _Memmaps:
+class MemmapCache:
+    """A small LRU of open memmaps, so a corpus of thousands of shards keeps few files open."""
+
     def __init__(self, capacity: int = MAX_OPEN):
         self.capacity = capacity
         self.maps: OrderedDict[tuple[Path, str], np.memmap] = OrderedDict()
@@ -115,7 +117,7 @@ class TokenDataset:
         ]
         self._token_offsets = [s.token_offset for s in self.shards]
         self._doc_offsets = [s.doc_offset for s in self.shards]
-        self._maps = _Memmaps()
+        self._maps = MemmapCache()
         self._provenance: pq.ParquetFile | None = None
         self._group_starts: list[int] = []
         self._group_cache: tuple[int, dict[str, list]] | None = None
