@@ -20,14 +20,14 @@ export HF_HUB_OFFLINE=1 PYTHONPATH=${PYTHONPATH:-}:$(pwd)
 timeout 300 "$PY" -m pytest -q -m gpu tests/pretrain -p no:cacheprovider > "$OUT/pytest_gpu.txt" 2>&1
 echo "pytest -m gpu exit $?" >> "$OUT/pytest_gpu.txt"
 
-timeout 300 "$PY" -m bench.bench_moe --device cuda --dtype bf16 --batch 8 --seq 1024 --rounds 5 --steps 10 \
+timeout 300 "$PY" -m bench.moe_step --device cuda --dtype bf16 --batch 8 --seq 1024 --rounds 5 --steps 10 \
   --fp8 rowwise > "$OUT/bench_small.txt" 2>&1
 echo "exit $?" >> "$OUT/bench_small.txt"
 
 OLMOE=(--config configs/model/olmoe_1b_7b.yaml --set n_layers=8 --device cuda --dtype bf16 --batch 4 --seq 4096
        --rounds 3 --steps 5 --no-loop --no-hf)
 for recipe in tensorwise rowwise; do
-  timeout 420 "$PY" -m bench.bench_moe "${OLMOE[@]}" --fp8 "$recipe" > "$OUT/bench_olmoe_fp8_$recipe.txt" 2>&1
+  timeout 420 "$PY" -m bench.moe_step "${OLMOE[@]}" --fp8 "$recipe" > "$OUT/bench_olmoe_fp8_$recipe.txt" 2>&1
   echo "exit $?" >> "$OUT/bench_olmoe_fp8_$recipe.txt"
 done
 tail -n 4 "$OUT"/*.txt

@@ -6,8 +6,8 @@ transformers' OLMoE built from the equivalent config; the ratio to transformers;
 achieved FLOP/s (our config's FLOPs per token, the same shapes for both) as a fraction of a
 torch.mm peak measured in the same run.
 
-    .venv/bin/python -m bench.bench_moe                     # CPU, fp32, the issue's shape
-    .venv/bin/python -m bench.bench_moe --device cuda --dtype bf16 --fp8 rowwise --batch 8 --seq 2048
+    .venv/bin/python -m bench.moe_step                     # CPU, fp32, the issue's shape
+    .venv/bin/python -m bench.moe_step --device cuda --dtype bf16 --fp8 rowwise --batch 8 --seq 2048
 """
 
 from __future__ import annotations
