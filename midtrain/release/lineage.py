@@ -121,7 +121,9 @@ def parent_checkpoint(run_dir: Path, config: dict[str, Any]) -> Checkpoint | Non
         ref = config["init_from"]
     if ref is None:
         return None
-    path = Path(ref) if Path(ref).is_absolute() else (run_dir / ref)
+    # Paths in configs are relative to where the stage ran (usually the repository root); fall back to the run
+    # directory for lineages moved together.
+    path = next((p for p in (Path(ref), run_dir / ref) if p.exists()), Path(ref))
     if not path.exists():
         raise ConfigError(f"{run_dir}: its parent {ref} does not exist; the lineage cannot be released")
     ckpt = _as_checkpoint(path.resolve(), step)

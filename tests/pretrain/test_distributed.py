@@ -63,9 +63,12 @@ def single(dataset: Path, tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_fsdp2_two_ranks_match_one(dataset: Path, single: Path, tmp_path: Path):
+@pytest.mark.parametrize("shard_size", [None, 1], ids=["fsdp", "hsdp"])
+def test_fsdp2_two_ranks_match_one(dataset: Path, single: Path, tmp_path: Path, shard_size: int | None):
+    """FSDP2 over both ranks, and HSDP (a 2 x 1 mesh: replicate across the ranks, shard within each)."""
     cfg = tiny_pretrain(dataset, tmp_path / "fsdp", steps=12)
     cfg.parallel.backend = "fsdp2"
+    cfg.parallel.shard_size = shard_size
     torchrun(cfg, tmp_path)
     assert close(losses(single), losses(tmp_path / "fsdp")), (losses(single), losses(tmp_path / "fsdp"))
     metrics = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]

@@ -96,3 +96,11 @@ def test_damaged_checkpoint_falls_back(dataset: Path, tmp_path: Path):
     assert summary["steps"] == 10
     log = (run_dir / "logs" / "pretrain.log").read_text()
     assert "damaged" in log and "resumed from" in log and "step_00000004" in log.split("resumed from")[-1]
+
+
+def test_activation_checkpointing_gives_the_same_losses(dataset: Path, tmp_path: Path):
+    pretrain(tiny_pretrain(dataset, tmp_path / "plain", steps=4))
+    pretrain(tiny_pretrain(dataset, tmp_path / "ac", steps=4, activation_checkpointing=True))
+    assert losses(tmp_path / "plain") == losses(tmp_path / "ac")
+    assert all(torch.equal(a, b) for a, b in zip(final_weights(tmp_path / "plain").values(),
+                                                 final_weights(tmp_path / "ac").values(), strict=True))
