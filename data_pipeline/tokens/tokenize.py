@@ -102,7 +102,9 @@ class ShardWriter:
 
     def _open(self) -> None:
         name = fmt.shard_name(len(self.shards))
-        self.current = self._file_cls(str(self.root), name, save_index=True, save_final_metadata=False,
+        # An absolute path: fsspec caches filesystems by their arguments, and a relative one would keep
+        # pointing at the working directory of the first call in this process.
+        self.current = self._file_cls(str(self.root.resolve()), name, save_index=True, save_final_metadata=False,
                                       token_size=self.dtype.itemsize)
         self.current_name = name
         self.current_tokens = self.current_docs = 0
