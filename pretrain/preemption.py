@@ -20,8 +20,7 @@ SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 class PreemptionWatch:
     def __init__(self, run_dir: Path, is_main: bool):
         self.stop_file = run_dir / STOP_FILE
-        if is_main:
-            self.stop_file.unlink(missing_ok=True)  # a STOP file is a request to the run that saw it
+        self.is_main = is_main
         self.received: int | None = None
         for sig in SIGNALS:
             signal.signal(sig, self._handle)
@@ -35,6 +34,12 @@ class PreemptionWatch:
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def handled(self) -> None:
+        """The stop was acted on (a checkpoint is written): the request is used up. It is removed only
+        now, not at start, so a warning that arrives before training begins is not lost."""
+        if self.is_main:
+            self.stop_file.unlink(missing_ok=True)
 
     def reason(self) -> str:
         if self.received is not None:

@@ -133,6 +133,7 @@ class Trainer:
                 self.save()
             elif self.preemption.should_stop():
                 self.save()
+                self.preemption.handled()
                 self.metrics.close()
                 raise Preempted(f"stopped at step {self.step} on {self.preemption.reason()}; checkpoint written")
         self.metrics.close()

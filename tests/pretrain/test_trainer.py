@@ -104,3 +104,26 @@ def test_activation_checkpointing_gives_the_same_losses(dataset: Path, tmp_path:
     assert losses(tmp_path / "plain") == losses(tmp_path / "ac")
     assert all(torch.equal(a, b) for a, b in zip(final_weights(tmp_path / "plain").values(),
                                                  final_weights(tmp_path / "ac").values(), strict=True))
+
+
+def test_bad_input_is_refused_before_training(dataset: Path, tmp_path: Path):
+    from data_pipeline.config import ConfigError
+    from pretrain.config import PretrainConfig
+
+    cfg = tiny_pretrain(dataset, tmp_path / "tok", steps=2)
+    cfg.data.tokenizer_sha256 = "0" * 64  # the model was meant for another tokenizer
+    with pytest.raises(ConfigError, match="was tokenized with tokenizer"):
+        pretrain(cfg)
+    with pytest.raises(ValueError, match=r"data.seq_len=128 exceeds model.max_seq_len=64"):
+        PretrainConfig.model_validate({**tiny_pretrain(dataset, tmp_path / "x").to_dict(),
+                                       "data": {**cfg.data.to_dict(), "seq_len": 128}})
+    run_dir = tmp_path / "shape"
+    pretrain(tiny_pretrain(dataset, run_dir, steps=2))
+    wider = tiny_pretrain(dataset, run_dir, steps=4)
+    wider.model.d_model = 64  # resuming into a different model shape breaks resumption
+    with pytest.raises(ConfigError, match="changed model.d_model"):
+        pretrain(wider)
+    reordered = tiny_pretrain(dataset, run_dir, steps=4)
+    reordered.run.seed = 4  # a different data order
+    with pytest.raises(ConfigError, match="changed run.seed"):
+        pretrain(reordered)
