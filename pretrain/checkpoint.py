@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ COMPLETE = "COMPLETE.json"
 TRAINER_STATE = "trainer_state.json"
 PARTIAL = ".partial"
 log = logging.getLogger("atom.checkpoint")
+# One process is a supported layout, not a mistake: DCP's warning about it would print on every save.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 class CheckpointConfig(ConfigModel):
