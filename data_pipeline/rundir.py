@@ -35,6 +35,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
