@@ -15,11 +15,10 @@ import torch.distributed.checkpoint as dcp
 from pydantic import Field, model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import sha256_file
 from data_pipeline.rundir import RunDir, write_json
 from data_pipeline.stage import Stage
 from midtrain.config import Parent, find_parent
-from pretrain.checkpoint import COMPLETE, CheckpointConfig, Checkpointer
+from pretrain.checkpoint import CheckpointConfig, Checkpointer, checkpoint_digest
 from pretrain.engine import DCP_DIR, _AppState
 
 
@@ -83,9 +82,9 @@ def run(cfg: SoupConfig) -> Path:
                              trainer_state)
     write_json(run_dir.file("soup.json"), {
         "inputs": [{"checkpoint": str(p.checkpoint.path), "step": p.checkpoint.step,
-                    "complete_sha256": sha256_file(p.checkpoint.path / COMPLETE)} for p in parents],
+                    "content_sha256": checkpoint_digest(p.checkpoint.path)} for p in parents],
         "weights": cfg.weights or [1 / len(parents)] * len(parents),
-        "output": {"checkpoint": str(path), "complete_sha256": sha256_file(path / COMPLETE)}})
+        "output": {"checkpoint": str(path), "content_sha256": checkpoint_digest(path)}})
     run_dir.logger().info(f"souped {len(parents)} checkpoints into {path}")
     return path
 

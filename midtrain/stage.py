@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from data_pipeline.manifest import sha256_file
 from data_pipeline.rundir import RunDir, write_json
 from data_pipeline.stage import Stage
 from data_pipeline.tokenizer.train import load_tokenizer
 from midtrain.config import MidtrainConfig, find_parent, to_pretrain_config
-from pretrain.checkpoint import COMPLETE
+from pretrain.checkpoint import checkpoint_digest
 from pretrain.config import RESUMABLE_CHANGES
 from pretrain.parallel import check_layout, env_world, init_distributed
 from pretrain.preemption import EXIT_REQUEUE
@@ -69,7 +68,7 @@ def run(cfg: MidtrainConfig) -> dict:
         run_dir = RunDir.claim(cfg.run.dir, "midtrain", cfg, cfg.run.overwrite, RESUMABLE_CHANGES)
         write_json(run_dir.file("midtrain.json"), {
             "parent": {"checkpoint": str(parent.checkpoint.path), "step": parent.checkpoint.step,
-                       "complete_sha256": sha256_file(parent.checkpoint.path / COMPLETE),
+                       "content_sha256": checkpoint_digest(parent.checkpoint.path),
                        "model": parent.model.to_dict()},
             "load": cfg.load, "model_changes": cfg.model})
     if dist.is_initialized():

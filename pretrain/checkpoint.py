@@ -12,6 +12,7 @@ state (step, tokens, data loader position) is JSON; RNG states are saved per ran
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -96,6 +97,18 @@ def verify(ckpt: Checkpoint, hashes: bool = True) -> str | None:
         if problem:
             return f"{ckpt.path.name}/{problem}"
     return None
+
+
+VOLATILE_FILES = (".metadata",)  # DCP's metadata embeds the save path and a random save id
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 over a checkpoint's file records (path, size, sha256), less the files that differ between
+    identical saves: the same training state gives the same digest, wherever and whenever it was saved.
+    Lineages (mid-training's parent, soups, releases) pin checkpoints by it."""
+    records = json.loads((Path(path) / COMPLETE).read_text())["files"]
+    kept = [r for r in records if not r["path"].endswith(VOLATILE_FILES)]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 class Checkpointer:

@@ -24,6 +24,15 @@ class MetricsConfig(ConfigModel):
     peak_flops_per_device: float | None = Field(None, gt=0)  # for MFU; None: not reported
 
 
+# Measurements of the machine rather than of the training: they differ between identical runs.
+TIMING_KEYS = ("tokens_per_s", "tokens_per_s_per_rank", "mfu", "memory/")
+
+
+def reproducible(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics record without its timing and memory figures: identical for identical runs."""
+    return {k: v for k, v in record.items() if not k.startswith(TIMING_KEYS)}
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep only records with step <= last_step (a resumed run rewrites what came after)."""
     if not path.is_file():
@@ -91,7 +100,9 @@ def plot_metrics(jsonl: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     records = read_jsonl(jsonl)
-    fig, (ax_loss, ax_tput) = plt.subplots(1, 2, figsize=(11, 4))
+    throughput = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
+    fig, axes = plt.subplots(1, 2 if throughput else 1, figsize=(11 if throughput else 6, 4), squeeze=False)
+    ax_loss = axes[0][0]
     for key, style in (("loss", "-"), ("val/loss", "o-")):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         if points:
@@ -100,12 +111,12 @@ def plot_metrics(jsonl: Path, png: Path) -> None:
     ax_loss.set_ylabel("cross-entropy (nats)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    points = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
-    if points:
-        ax_tput.plot(*zip(*points, strict=True), "-", color="tab:green")
-    ax_tput.set_xlabel("step")
-    ax_tput.set_ylabel("tokens / s")
-    ax_tput.grid(alpha=0.3)
+    if throughput:
+        ax_tput = axes[0][1]
+        ax_tput.plot(*zip(*throughput, strict=True), "-", color="tab:green")
+        ax_tput.set_xlabel("step")
+        ax_tput.set_ylabel("tokens / s")
+        ax_tput.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=100, metadata={"Software": None})  # no version stamp: same data, same bytes
     plt.close(fig)

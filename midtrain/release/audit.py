@@ -203,12 +203,12 @@ def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: A
         meta = _midtrain_meta(root, stage)
         if meta is not None:
             report.add(f"{sdir}/{MIDTRAIN}", "parent is the previous stage", meta["parent"].get("step") ==
-                       stage["parent"]["step"] and meta["parent"].get("complete_sha256") ==
-                       stage["parent"]["complete_sha256"] and meta["parent"].get("model") == stage_model(root, prev),
+                       stage["parent"]["step"] and meta["parent"].get("content_sha256") ==
+                       stage["parent"]["content_sha256"] and meta["parent"].get("model") == stage_model(root, prev),
                        f"names a parent other than {prev['dir']} at step {stage['parent']['step']}")
         prev_ckpts = json.loads((root / prev["dir"] / CHECKPOINTS_JSON).read_text())
         match = [c for c in prev_ckpts if c["step"] == stage["parent"]["step"]
-                 and c["complete_sha256"] == stage["parent"]["complete_sha256"]]
+                 and c["content_sha256"] == stage["parent"]["content_sha256"]]
         report.add(f"{sdir}/{CONFIG}", "parent is the previous stage's checkpoint",
                    bool(match) and prev["step"] == stage["parent"]["step"],
                    f"parent step {stage['parent']['step']} is not a checkpoint of {prev['dir']}")

@@ -42,14 +42,16 @@ from midtrain.release.lineage import (
     trained_windows,
     trainer_state,
 )
-from pretrain.checkpoint import COMPLETE, list_checkpoints, verify
+from pretrain.checkpoint import COMPLETE, checkpoint_digest, list_checkpoints, verify
+from pretrain.metrics import plot_metrics, reproducible
 
 SCHEMA = "atom.release/1"
 RELEASE_JSON = "release.json"
 SUMS = "SHA256SUMS"
 CHECKPOINTS_JSON = "checkpoints.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-STAGE_FILES = (CONFIG, TRAIN_MANIFEST, "metrics.jsonl", "metrics.png", "summary.json", "evals.json", MIDTRAIN)
+STAGE_FILES = (CONFIG, TRAIN_MANIFEST, "summary.json", "evals.json", MIDTRAIN)
+METRICS = "metrics.jsonl"
 PACKAGES = ("atom", "torch", "transformers", "safetensors", "tokenizers", "huggingface-hub", "numpy", "pyarrow",
             "pydantic", "pyyaml", "datatrove")
 GENERATION = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1,
@@ -95,14 +97,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def checkpoint_list(stage: Stage) -> list[dict[str, Any]]:
-    """Every checkpoint the run still holds: step, tokens seen, path, sha256 of its COMPLETE.json."""
+    """Every checkpoint the run still holds: step, tokens seen, path, content digest (`checkpoint_digest`)."""
     out = []
     for ckpt in sorted(list_checkpoints(stage.run_dir / "checkpoints"), key=lambda c: c.step):
         marker = ckpt.path / COMPLETE
         state = trainer_state(ckpt) if (ckpt.path / "trainer_state.json").is_file() else {}
         out.append({"step": ckpt.step, "tokens_seen": state.get("tokens_seen"),
                     "path": ckpt.path.relative_to(stage.run_dir).as_posix(),
-                    "complete_sha256": sha256_file(marker) if marker.is_file() else None,
+                    "content_sha256": checkpoint_digest(ckpt.path) if marker.is_file() else None,
                     "complete": verify(ckpt, hashes=False) is None})
     return out
 
@@ -116,6 +118,12 @@ def stage_record(stage: Stage, index: int, stage_dir: str, out: Path) -> dict[st
         if (stage.run_dir / name).is_file():
             shutil.copyfile(stage.run_dir / name, dst / name)
             present.append(name)
+    if (stage.run_dir / METRICS).is_file():  # without timings, which differ between identical runs
+        lines = (stage.run_dir / METRICS).read_text().splitlines()
+        records = [reproducible(json.loads(line)) for line in lines if line]
+        (dst / METRICS).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        plot_metrics(dst / METRICS, dst / "metrics.png")
+        present += [METRICS, "metrics.png"]
     checkpoints = checkpoint_list(stage)
     write_json(dst / CHECKPOINTS_JSON, checkpoints)
 
@@ -139,7 +147,7 @@ def stage_record(stage: Stage, index: int, stage_dir: str, out: Path) -> dict[st
         "config_sha256": stage.config_text.splitlines()[1].removeprefix("# config-sha256: ").strip(),
         "step": stage.step, "checkpoint": used,
         "parent": None if stage.parent is None else {"stage": index - 1, "step": stage.parent.step,
-                                                     "complete_sha256": sha256_file(stage.parent.path / COMPLETE)},
+                                                     "content_sha256": checkpoint_digest(stage.parent.path)},
         "seq_len": stage.seq_len, "global_batch": stage.global_batch, "seed": int(stage.header["seed"]),
         "tokens": int(sum(r["tokens"] for r in stage.records)),
         "windows": int(windows.size), "batches_per_epoch": per_epoch,
@@ -162,7 +170,7 @@ def _final_metrics(path: Path) -> dict[str, float]:
         for line in path.read_text().splitlines():
             record = json.loads(line) if line else {}
             for key, value in record.items():
-                if (key in ("loss", "tokens_per_s") or key.startswith("val/")) and isinstance(value, (int, float)):
+                if (key == "loss" or key.startswith("val/")) and isinstance(value, (int, float)):
                     out[key] = value
     return dict(sorted(out.items()))
 
@@ -219,12 +227,13 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
         data_manifest = json.loads((src / fmt.MANIFEST).read_text(encoding="utf-8"))
         tokenizer = _copy_tokenizer(stages, rdata.tokenizer_dir(src, data_manifest), data_manifest, tmp)
         model = export_weights(leaf, tmp, tokenizer)
-        if (leaf.run_dir / "metrics.png").is_file():
-            shutil.copyfile(leaf.run_dir / "metrics.png", tmp / "metrics.png")
+        leaf_plot = tmp / records[-1]["dir"] / "metrics.png"
+        if leaf_plot.is_file():
+            shutil.copyfile(leaf_plot, tmp / "metrics.png")
         release = {
             "schema": SCHEMA, "name": name or leaf.run_dir.name, "model": model,
             "weights": {"file": "model.safetensors", "stage": len(stages) - 1, "step": leaf.step,
-                        "complete_sha256": records[-1]["checkpoint"]["complete_sha256"]},
+                        "content_sha256": records[-1]["checkpoint"]["content_sha256"]},
             "tokenizer": tokenizer, "stages": records,
             "tokens_total": sum(r["tokens"] for r in records), "steps_total": sum(r["step"] for r in records),
             "code_version": code_version(), "packages": package_versions(),

@@ -84,7 +84,7 @@ def render_card(release: dict[str, Any]) -> str:
     out += _table(["stage", "kind", "steps", "global batch", "sequence length", "tokens", "epochs over stream",
                    "seed", "checkpoint (COMPLETE.json sha256)"],
                   [[s["index"], s["kind"], s["step"], s["global_batch"], s["seq_len"], s["tokens"], s["epochs"],
-                    s["seed"], f"`{s['checkpoint']['path']}` `{s['checkpoint']['complete_sha256'][:16]}`"]
+                    s["seed"], f"`{s['checkpoint']['path']}` `{s['checkpoint']['content_sha256'][:16]}`"]
                    for s in stages])
     out += [f"Total: {_n(release['steps_total'])} steps, {_n(release['tokens_total'])} tokens. The released weights "
             f"are stage {release['weights']['stage']} at step {release['weights']['step']}.", ""]

@@ -23,8 +23,7 @@ import numpy as np
 import yaml
 
 from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file
-from pretrain.checkpoint import COMPLETE, TRAINER_STATE, Checkpoint, list_checkpoints, verify
+from pretrain.checkpoint import COMPLETE, TRAINER_STATE, Checkpoint, checkpoint_digest, list_checkpoints, verify
 from pretrain.data import DataLoader
 from pretrain.train_manifest import read_train_manifest
 
@@ -113,7 +112,7 @@ def parent_checkpoint(run_dir: Path, config: dict[str, Any]) -> Checkpoint | Non
     if meta.is_file():
         data = json.loads(meta.read_text())
         node = data.get("parent", data) if isinstance(data.get("parent"), dict) else data
-        step, pinned = node.get("step"), node.get("complete_sha256")
+        step, pinned = node.get("step"), node.get("content_sha256")
         ref = next((node[k] for k in PARENT_KEYS if isinstance(node.get(k), str)), None)
         if ref is None:
             raise ConfigError(f"{meta}: names no parent (expected one of {', '.join(PARENT_KEYS)})")
@@ -127,7 +126,7 @@ def parent_checkpoint(run_dir: Path, config: dict[str, Any]) -> Checkpoint | Non
     if not path.exists():
         raise ConfigError(f"{run_dir}: its parent {ref} does not exist; the lineage cannot be released")
     ckpt = _as_checkpoint(path.resolve(), step)
-    if pinned and sha256_file(ckpt.path / COMPLETE) != pinned:
+    if pinned and checkpoint_digest(ckpt.path) != pinned:
         raise ConfigError(f"{meta}: parent checkpoint {ckpt.path} changed since this run started from it "
                           f"(COMPLETE.json sha256 differs)")
     return ckpt

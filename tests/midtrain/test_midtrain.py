@@ -51,7 +51,7 @@ def test_midtrain_extends_context_anneals_and_evaluates(parent, tmp_path: Path):
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs[0] == pytest.approx(3e-3 * 5 / 6) and lrs[-1] == pytest.approx(0.0)  # linear to zero, no warmup
     lineage = json.loads((tmp_path / "mid" / "midtrain.json").read_text())
-    assert lineage["parent"]["step"] == 8 and len(lineage["parent"]["complete_sha256"]) == 64
+    assert lineage["parent"]["step"] == 8 and len(lineage["parent"]["content_sha256"]) == 64
     resumed = find_parent(tmp_path / "mid")
     assert resumed.model.max_seq_len == 128 and resumed.model.rope.scaling == "yarn"
 
