@@ -8,8 +8,6 @@ this selection as one more stage (kept, and dropped as `too_short` or `source_no
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,7 +17,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config
+from data_pipeline.manifest import code_version, file_record, recorded_config_sha256
 from data_pipeline.rundir import RunDir, write_json
 from data_pipeline.stage import Stage
 from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, open_curated
@@ -109,15 +107,11 @@ def run(cfg: LongDocsConfig) -> Path:
     write_json(run_dir.file("manifest.json"), {
         "schema": CURATION_SCHEMA, "sources": sources, "stages": [*inherited.get("stages", []), stage],
         "quarantine": inherited.get("quarantine", {}), "outputs": outputs,
-        "config_sha256": sha256_json(recorded_config(cfg)),
+        "config_sha256": recorded_config_sha256(cfg),
         "parent": {"path": cfg.input, "manifest_sha256": curated.manifest_sha256},
         "code_version": code_version()})
     run_dir.logger().info(f"longdocs: kept {kept} of {docs_in} documents ({dict(dropped)})")
     return run_dir.path
-
-
-def sha256_json(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 STAGE = Stage("longdocs", "select long documents of a curated run (long-context mid-training data)",

@@ -64,6 +64,14 @@ def code_version() -> str:
         return "atom==unknown"
 
 
+def recorded_config_sha256(config: Any) -> str:
+    """sha256 of `recorded_config` as canonical JSON: a run's identity, wherever its directory is."""
+    import json
+
+    canonical = json.dumps(recorded_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def recorded_config(config: Any) -> dict[str, Any]:
     """A stage config as a manifest records it: resolved, but without `run.dir`/`run.overwrite`.
 

@@ -16,7 +16,6 @@ their outputs whole (temporary file + rename), so the result is identical to an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -44,6 +43,7 @@ from data_pipeline.curate.steps.transform import (
     check_filter_params,
 )
 from data_pipeline.curate.steps.write import CuratedWriter, WriteManifest
+from data_pipeline.manifest import recorded_config_sha256
 from data_pipeline.rundir import RunDir
 
 STAGE_NAME = "data"
@@ -57,13 +57,6 @@ class Phase:
     steps: list[PipelineStep]
     tasks: int
     stages: list[str] = field(default_factory=list)  # accounting stages it runs, for the plan
-
-
-def run_config_sha256(config: CurateConfig) -> str:
-    """sha256 of the canonical config without run.dir/run.overwrite: where a run sits is not what it is."""
-    data = config.to_dict()
-    data["run"] = {k: v for k, v in data["run"].items() if k not in ("dir", "overwrite")}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def document_text(doc: Document) -> str:
@@ -194,7 +187,7 @@ def build_phases(config: CurateConfig) -> list[Phase]:
     steps.append(CuratedWriter(str(run / "curated"), counts, config.output.compression, config.output.row_group_size))
     phases.append(Phase("curate", steps, tasks, names))
     all_stages = [name for phase in phases for name in phase.stages]
-    manifest = WriteManifest(str(run), all_stages, sources, run_config_sha256(config), tasks)
+    manifest = WriteManifest(str(run), all_stages, sources, recorded_config_sha256(config), tasks)
     phases.append(Phase("manifest", [manifest], 1))
     return phases
 
@@ -295,7 +288,6 @@ def wait_for_slurm(run: Path, config: CurateConfig) -> None:
 
 
 def print_summary(run: Path) -> dict[str, Any]:
-    import json
 
     manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     throughput = {t["name"]: t for t in json.loads((run / "reports" / "throughput.json").read_text())["stages"]}

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config
+from data_pipeline.manifest import code_version, file_record, recorded_config, recorded_config_sha256
 from data_pipeline.rundir import RunDir, write_atomic, write_json
 from data_pipeline.stage import Stage
 from data_pipeline.synthetic import rephrase as wrap
@@ -171,12 +171,6 @@ def plan(config: SynthConfig) -> list[str]:
     steps.append("drop exact duplicate texts")
     steps.append(f"write {config.run.dir}/{CURATED_DIR}/*.parquet, {RECORDS_FILE}, {QUARANTINE_DIR}/, {MANIFEST}")
     return steps
-
-
-def config_sha256(config: SynthConfig) -> str:
-    """sha256 of the canonical config without run.dir/run.overwrite (where a run sits is not what it is)."""
-    canonical = json.dumps(recorded_config(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def document_id(text: str) -> str:
@@ -389,7 +383,7 @@ def _manifest(config: SynthConfig, root: Path, records: list[Record], kept: list
         "kind": "synthetic",
         "code_version": code_version(),
         "config": recorded_config(config),
-        "config_sha256": config_sha256(config),
+        "config_sha256": recorded_config_sha256(config),
         "sources": dict(sorted(sources.items())),
         "stages": stages,
         "quarantine": {DROP_MALFORMED: quarantined},

@@ -12,6 +12,7 @@ import pytest
 
 from atom.cli import main
 from data_pipeline.config import ConfigError, RunConfig, load_config
+from data_pipeline.manifest import recorded_config_sha256
 from data_pipeline.synthetic import stage as synth
 from data_pipeline.synthetic.problems import generate_problems
 from data_pipeline.synthetic.stage import SynthConfig
@@ -53,7 +54,7 @@ def test_output_is_a_curated_run(template_run):
 def test_manifest_and_records(template_run):
     manifest = json.loads((template_run / "manifest.json").read_text())
     assert manifest["schema"] == "atom.curation/1"
-    assert manifest["config_sha256"] == synth.config_sha256(template_config(Path("elsewhere")))
+    assert manifest["config_sha256"] == recorded_config_sha256(template_config(Path("elsewhere")))
     names = [s["name"] for s in manifest["stages"]]
     assert names == ["generate", "verify", "dedup"]
     for prev, s in zip(manifest["stages"], manifest["stages"][1:], strict=False):
