@@ -20,7 +20,9 @@ class DataConfig(ConfigModel):
     seq_len: int = Field(gt=1)
     global_batch: int = Field(gt=0)  # sequences per optimizer step, over all ranks and micro-batches
     document_masking: bool = False  # attention stays inside each document (block-diagonal causal mask)
-    val_sequences: int = Field(0, ge=0)  # held out from training, evaluated per source
+    # Whole documents held out (never trained on, see pretrain/held_out.py) until they fill this many
+    # sequences; validation loss is reported per source.
+    val_sequences: int = Field(0, ge=0)
     tokenizer_sha256: str | None = None  # if set, the data's tokenizer must be exactly this one
 
 

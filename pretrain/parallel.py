@@ -74,7 +74,10 @@ def init_distributed(cfg: PretrainConfig) -> DistEnv:
     if cfg.parallel.fp8_all_gather and device.type != "cuda":
         raise ConfigError("parallel.fp8_all_gather needs CUDA and NCCL (gloo cannot send float8)")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        # On GPU, NCCL for CUDA tensors and gloo beside it for the small CPU ones (loss totals, validation
+        # sums, checkpoint planning).
+        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
     return DistEnv(rank, world_size, local_rank, device)
 
 

@@ -26,7 +26,8 @@ def plan(cfg: PretrainConfig) -> list[str]:
     return [
         f"build a {m.n_layers}-layer model: {m.num_params() / 1e6:.2f}M parameters, "
         f"{m.num_params(active=True) / 1e6:.2f}M active, {m.flops_per_token(cfg.data.seq_len) / 1e6:.1f} MFLOP/token",
-        f"read {cfg.data.path} as {cfg.data.seq_len}-token windows, {cfg.data.val_sequences} held out",
+        f"read {cfg.data.path} as {cfg.data.seq_len}-token windows; hold out whole documents filling "
+        f"{cfg.data.val_sequences} of them for validation",
         f"train {cfg.trainer.max_steps} steps x {cfg.data.global_batch} sequences = {tokens:,} tokens on "
         f"{world_size} rank(s) ({cfg.parallel.backend}), {accum} micro-batch(es) of {cfg.trainer.micro_batch}",
         f"{cfg.schedule.kind} schedule, peak lr {cfg.optimizer.lr}, {cfg.schedule.warmup_steps} warmup steps",

@@ -17,7 +17,9 @@ from typing import Any
 
 from data_pipeline.manifest import code_version
 
-ORDER_DEFINITION = ("windows [w*L, w*L+L+1) of the concatenated spans; training windows = all minus held_out; "
+ORDER_DEFINITION = ("windows [w*L, w*L+L+1) of the concatenated spans; held_out = every window reading a token of any "
+                    "occurrence of a held-out document (held_out_documents: [start, end) of their first occurrences); "
+                    "training windows = all minus held_out; "
                     "epoch e order = train_windows[numpy.random.default_rng([seed, e]).permutation(n_train)]; "
                     "global batch b = order[(b % per_epoch)*B : (b % per_epoch + 1)*B] of epoch b // per_epoch; "
                     "rank r of W takes rows [r*B/W, (r+1)*B/W)")

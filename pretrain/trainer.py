@@ -50,9 +50,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.run.seed)
 
-        self.data = open_training_data(cfg.data, cfg.model, cfg.run.seed)
+        self.data = open_training_data(cfg.data, cfg.model)
         self.loader = DataLoader(self.data.windows, cfg.data.global_batch, cfg.run.seed, self.env.rank,
-                                 self.env.world_size, cfg.data.document_masking, self.data.val_windows)
+                                 self.env.world_size, cfg.data.document_masking, self.data.held_out.windows)
         self.engine = build_engine(cfg, self.env)
         self.checkpointer = Checkpointer(run.file("checkpoints"), cfg.checkpoint)
         self.metrics = MetricsLogger(run.path, cfg.metrics, enabled=self.env.is_main)
@@ -104,7 +104,7 @@ class Trainer:
         if fresh and self.env.is_main:
             self.manifest.write_header(self.data.describe(), self.cfg, self.loader)
         self.metrics.start(self.step)
-        if fresh and len(self.data.val_windows):
+        if fresh and len(self.data.held_out.eval_windows):
             self.metrics.log(0, {"val/unigram_loss": self.data.unigram_loss()})
         self._started = True
 
@@ -197,31 +197,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean cross-entropy per held-out sequence, overall and per source."""
+        """Mean cross-entropy per token of the held-out documents, overall and per source."""
         model: nn.Module = self.engine.model
         model.eval()
-        sums: dict[str, list[float]] = {}
-        for tokens, doc_ids, sources in self.data.val_batches(self.env.rank, self.env.world_size,
-                                                               self.cfg.trainer.micro_batch,
-                                                               self.cfg.data.document_masking):
-            doc_ids = None if doc_ids is None else doc_ids.to(self.env.device)
-            out = model(tokens[:, :-1].to(self.env.device), doc_ids)
-            ce = F.cross_entropy(out.logits.flatten(0, 1).float(), tokens[:, 1:].flatten().to(self.env.device),
-                                 reduction="none").view(tokens.shape[0], -1).mean(1)
-            for value, source in zip(ce.tolist(), sources, strict=True):
-                acc = sums.setdefault(source, [0.0, 0])
-                acc[0] += value
-                acc[1] += 1
+        sources = self.data.held_out.sources
+        totals = torch.zeros(2, len(sources) + 1, dtype=torch.float64)  # [sum, count] per range (+1: unscored)
+        for batch in self.data.val_batches(self.env.rank, self.env.world_size, self.cfg.trainer.micro_batch,
+                                           self.cfg.data.document_masking):
+            doc_ids = None if batch.doc_ids is None else batch.doc_ids.to(self.env.device)
+            out = model(batch.tokens[:, :-1].to(self.env.device), doc_ids)
+            ce = F.cross_entropy(out.logits.flatten(0, 1).float(), batch.tokens[:, 1:].flatten().to(self.env.device),
+                                 reduction="none").double().cpu()
+            slot = torch.where(batch.scored.flatten() >= 0, batch.scored.flatten(), len(sources))
+            totals[0].index_add_(0, slot, ce)
+            totals[1].index_add_(0, slot, torch.ones_like(ce))
         model.train()
         if dist.is_initialized():
-            parts: list[dict] = [{}] * dist.get_world_size()
-            dist.all_gather_object(parts, sums)
-            sums = {}
-            for part in parts:
-                for source, (total, count) in part.items():
-                    acc = sums.setdefault(source, [0.0, 0])
-                    acc[0] += total
-                    acc[1] += count
+            dist.all_reduce(totals)
+        sums: dict[str, list[float]] = {}
+        for i, source in enumerate(sources):
+            acc = sums.setdefault(source, [0.0, 0.0])
+            acc[0] += totals[0, i].item()
+            acc[1] += totals[1, i].item()
+        sums = {source: acc for source, acc in sums.items() if acc[1] > 0}
         if not sums:
             return {}
         result = {f"val/loss/{source}": total / count for source, (total, count) in sorted(sums.items())}

@@ -4,6 +4,7 @@
     ds.spans()          # ordered TokenSpan(path, dtype, start, end, doc_index): the token stream
     ds.locate(i)        # global token index -> DocRef(id, source, license, ...) in O(log n)
     ds.read(start, n)   # n tokens of the stream from `start`
+    ds.occurrences()    # every document occurrence in stream order, with a stable document key
 
 Token files and document-end indices are np.memmap'd; provenance rows are read one Parquet row group
 at a time; the only per-shard state in memory is a few integers. Memory stays flat as data grows.
@@ -70,6 +71,25 @@ class DocRef:
     mixture_start: int | None = None
 
 
+@dataclass(frozen=True)
+class Occurrences:
+    """Every document occurrence of a stream, in stream order. `key` names the document itself: the same in
+    every dataset or mixture that holds it (a mixture may repeat a document; each repeat has the same key)."""
+
+    key: np.ndarray  # uint64
+    start: np.ndarray  # int64, first token of the occurrence in the stream
+    length: np.ndarray  # int64, tokens (EOS included)
+
+
+def document_keys(dataset_sha256: str, doc_index: np.ndarray) -> np.ndarray:
+    """uint64 keys of documents `doc_index` of the dataset whose provenance table hashes to `dataset_sha256`:
+    a splitmix64 finaliser over (dataset, index), so keys are well spread and independent of any run."""
+    x = np.asarray(doc_index, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(int(dataset_sha256[:16], 16))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(directory, manifest) for a dataset/mixture directory or its manifest.json."""
     path = Path(path)
@@ -132,6 +152,15 @@ class TokenDataset:
 
     def spans(self) -> list[TokenSpan]:
         return [TokenSpan(s.path, self.dtype, 0, s.n_tokens, s.index_path) for s in self.shards]
+
+    def document_keys(self, doc_index: np.ndarray) -> np.ndarray:
+        return document_keys(self.manifest["provenance"]["sha256"], doc_index)
+
+    def occurrences(self) -> Occurrences:
+        ends = [self.doc_ends(k).astype(np.int64) + s.token_offset for k, s in enumerate(self.shards)]
+        end = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        start = np.concatenate([[0], end[:-1]]).astype(np.int64)
+        return Occurrences(self.document_keys(np.arange(self.n_docs)), start, end - start)
 
     def doc_span(self, doc_index: int) -> tuple[int, int, int]:
         """(shard, start, end) of document `doc_index` within its shard."""
@@ -218,6 +247,15 @@ class TokenMixture:
             else:
                 out.append(TokenSpan(shard.path, self.dtype, start, end, shard.index_path))
         return out
+
+    def occurrences(self) -> Occurrences:
+        key = np.zeros(len(self.sequence), dtype=np.uint64)
+        for d, dataset in enumerate(self.datasets):
+            mine = self.sequence["dataset"] == d
+            key[mine] = dataset.document_keys(self.sequence["doc"][mine])
+        end = self.sequence["end"].astype(np.int64)
+        length = self.sequence["length"].astype(np.int64)
+        return Occurrences(key, end - length, length)
 
     def position_of_token(self, token: int) -> int:
         if not 0 <= token < self.n_tokens:

@@ -73,6 +73,10 @@ def test_fsdp2_two_ranks_match_one(dataset: Path, single: Path, tmp_path: Path, 
     assert close(losses(single), losses(tmp_path / "fsdp")), (losses(single), losses(tmp_path / "fsdp"))
     metrics = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s_per_rank" in m and "memory/max_rss_gib" in m for m in metrics)
+    # validation splits the held-out windows over the ranks (padding the shorter one): same value
+    reference = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    val = [[m["val/loss"] for m in run if "val/loss" in m] for run in (reference, metrics)]
+    assert len(val[0]) == 2 and close(val[0], val[1]), val
 
 
 @pytest.mark.parametrize("stage", [2, 3])
