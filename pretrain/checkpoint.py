@@ -8,6 +8,11 @@ verification on resume and the previous complete one is used instead, with a war
 Model and optimizer are written by the engine (torch.distributed.checkpoint for FSDP2 and one process,
 loadable into a different number of ranks; DeepSpeed's own format for DeepSpeed); the trainer's own
 state (step, tokens, data loader position) is JSON; RNG states are saved per rank.
+
+With `async_save`, the engine copies the state to CPU memory and a background thread writes it while
+training goes on; the checkpoint is completed (COMPLETE.json, rename, retention) at the next save or at
+the end of the run, on every rank at the same point. Until then it is a `.partial` directory, so a kill
+while it is being written falls back to the previous checkpoint like any other crash.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,8 @@ class CheckpointConfig(ConfigModel):
     keep_last: int = Field(2, ge=1)
     keep_every: int | None = Field(None, gt=0)  # also keep every checkpoint whose step is a multiple
     verify_hashes: bool = True  # sha256 every file on resume (sizes are always checked)
+    # Write in a background thread after a copy to CPU memory: training blocks for the copy only.
+    async_save: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,23 +122,45 @@ def checkpoint_digest(path: Path) -> str:
 class Checkpointer:
     """Saves and restores the full training state under `root`, with a retention policy."""
 
-    def __init__(self, root: Path, cfg: CheckpointConfig):
+    def __init__(self, root: Path, cfg: CheckpointConfig, logger: logging.Logger = log):
         self.root = Path(root)
         self.cfg = cfg
+        self.log = logger
+        self._pending: tuple[Future | None, int, Path] | None = None
 
-    def save(self, step: int, write_state: Callable[[Path], None], trainer_state: dict[str, Any]) -> Path:
-        """`write_state(dir)` writes model and optimizer (on every rank); `trainer_state` is JSON, same on all."""
+    def save(self, step: int, write_state: Callable[[Path], Future | None], trainer_state: dict[str, Any],
+             blocking: bool = True) -> Path:
+        """`write_state(dir)` writes model and optimizer (on every rank), or starts writing them and returns
+        the future of the write; `trainer_state` is JSON, the same on all ranks. A write still running when
+        this returns (`blocking=False`) is completed by the next `save` or `wait`."""
+        self.wait()
         final = step_dir(self.root, step)
         partial = final.with_name(final.name + PARTIAL)
         if _is_main():
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         _barrier()
-        write_state(partial)
+        written = write_state(partial)
+        future = written if isinstance(written, Future) else None
         torch.save(torch.get_rng_state(), partial / f"rng_rank{_rank():05d}.pt")
-        _barrier()
         if _is_main():
             write_json(partial / TRAINER_STATE, trainer_state)
+        self._pending = (future, step, partial)
+        if blocking or future is None:
+            self.wait()
+        return final
+
+    def wait(self) -> Path | None:
+        """Complete the checkpoint being written, if any (every rank calls this at the same point)."""
+        if self._pending is None:
+            return None
+        future, step, partial = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()  # a failed background write raises here and the checkpoint stays partial
+        _barrier()
+        final = step_dir(self.root, step)
+        if _is_main():
             files = sorted(p for p in partial.rglob("*") if p.is_file())
             write_json(partial / COMPLETE, {"step": step, "files": [file_record(p, partial) for p in files]})
             _fsync_dir(partial)
@@ -140,6 +170,7 @@ class Checkpointer:
             _fsync_dir(self.root)
             self._apply_retention()
         _barrier()
+        self.log.info(f"checkpoint step {step} -> {final}")
         return final
 
     def latest_valid(self, warn: Callable[[str], None] = log.warning) -> Checkpoint | None:

@@ -67,6 +67,9 @@ class PretrainConfig(ConfigModel):
     def _check(self) -> PretrainConfig:
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.checkpoint.async_save and self.parallel.backend == "deepspeed":
+            raise ValueError("checkpoint.async_save works with parallel.backend none or fsdp2; DeepSpeed writes "
+                             "its checkpoints itself, synchronously")
         if self.data.global_batch % self.trainer.micro_batch:
             raise ValueError(f"data.global_batch={self.data.global_batch} is not a multiple of "
                              f"trainer.micro_batch={self.trainer.micro_batch}")

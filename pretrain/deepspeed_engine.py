@@ -94,9 +94,11 @@ class DeepSpeedEngine:
     def expert_load(self) -> dict[str, float]:
         return self.ds.module.expert_load(reset=True)
 
-    def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict) -> Path:
-        return checkpointer.save(step, lambda d: self.ds.save_checkpoint(str(d / DS_DIR), tag=DS_TAG),
-                                 trainer_state)
+    def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
+        def write(d: Path) -> None:  # synchronous: the config refuses checkpoint.async_save with DeepSpeed
+            self.ds.save_checkpoint(str(d / DS_DIR), tag=DS_TAG)
+
+        return checkpointer.save(step, write, trainer_state)
 
     def load(self, checkpointer: Checkpointer, ckpt: Checkpoint) -> dict:
         def read(d: Path) -> None:

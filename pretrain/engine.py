@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
@@ -59,6 +61,10 @@ class FSDPEngine:
         self._fp8_all_gather = cfg.parallel.fp8_all_gather
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self._sharded = cfg.parallel.backend == "fsdp2"
+        # A background write coordinates ranks on its own gloo group, apart from the training collectives.
+        self._async_group = None
+        if cfg.checkpoint.async_save and dist.is_initialized():
+            self._async_group = dist.new_group(backend="gloo")
 
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
@@ -99,9 +105,16 @@ class FSDPEngine:
     def expert_load(self) -> dict[str, float]:
         return self.model.expert_load(reset=True)
 
-    def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict) -> Path:
+    def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
         app = {"app": _AppState(self.model, self.optimizer)}
-        return checkpointer.save(step, lambda d: dcp.save(app, checkpoint_id=str(d / DCP_DIR)), trainer_state)
+
+        def write(d: Path) -> Future | None:
+            if not self.cfg.checkpoint.async_save:
+                dcp.save(app, checkpoint_id=str(d / DCP_DIR))
+                return None
+            return dcp.async_save(app, checkpoint_id=str(d / DCP_DIR), process_group=self._async_group)
+
+        return checkpointer.save(step, write, trainer_state, blocking)
 
     def load(self, checkpointer: Checkpointer, ckpt: Checkpoint) -> dict:
         app = {"app": _AppState(self.model, self.optimizer)}

@@ -54,7 +54,7 @@ class Trainer:
         self.loader = DataLoader(self.data.windows, cfg.data.global_batch, cfg.run.seed, self.env.rank,
                                  self.env.world_size, cfg.data.document_masking, self.data.held_out.windows)
         self.engine = build_engine(cfg, self.env)
-        self.checkpointer = Checkpointer(run.file("checkpoints"), cfg.checkpoint)
+        self.checkpointer = Checkpointer(run.file("checkpoints"), cfg.checkpoint, self.log)
         self.metrics = MetricsLogger(run.path, cfg.metrics, enabled=self.env.is_main)
         self.manifest = TrainManifest(run.file("train_tokens.jsonl"), enabled=self.env.is_main)
         self.step = 0
@@ -72,10 +72,10 @@ class Trainer:
                 "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size,
                 "model": self.cfg.model.to_dict()}
 
-    def save(self) -> Path:
-        path = self.engine.save(self.checkpointer, self.step, self.trainer_state())
-        self.log.info(f"checkpoint step {self.step} -> {path}")
-        return path
+    def save(self, blocking: bool = True) -> Path:
+        """Checkpoint now; with `blocking=False` (and checkpoint.async_save) training continues while it is
+        written, and it completes at the next save."""
+        return self.engine.save(self.checkpointer, self.step, self.trainer_state(), blocking)
 
     def resume(self) -> bool:
         ckpt = self.checkpointer.latest_valid(warn=self.log.warning)
@@ -130,7 +130,7 @@ class Trainer:
             if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
                 self.metrics.log(self.step, self.evaluate())
             if self.step % cfg.checkpoint.interval == 0 or self.step == cfg.trainer.max_steps:
-                self.save()
+                self.save(blocking=self.step == cfg.trainer.max_steps)
             elif self.preemption.should_stop():
                 self.save()
                 self.preemption.handled()

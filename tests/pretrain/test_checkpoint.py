@@ -58,3 +58,32 @@ def test_partial_directory_is_never_loaded(tmp_path: Path):
     assert [c.step for c in list_checkpoints(tmp_path)] == [1]
     (tmp_path / "step_00000001" / COMPLETE).unlink()
     assert ckpt.latest_valid(warn=lambda m: None) is None
+
+
+def test_async_save_writes_the_state_of_its_step_while_training_goes_on(tmp_path: Path):
+    """The state is copied when `save` returns; later updates do not leak into the checkpoint, which stays
+    `.partial` (invisible to resume) until the next save or `wait` completes it."""
+    ckpt = Checkpointer(tmp_path, CheckpointConfig(keep_last=3, async_save=True))
+    model, opt = make(0)
+    at_save = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def write_async(d: Path):
+        return dcp.async_save({"app": _AppState(model, opt)}, checkpoint_id=str(d / "dcp"))
+
+    ckpt.save(1, write_async, {"step": 1}, blocking=False)
+    assert list_checkpoints(tmp_path) == [] and (tmp_path / "step_00000001.partial").is_dir()
+    with torch.no_grad():  # training goes on and changes the weights in place
+        for p in model.parameters():
+            p.add_(1.0)
+    assert ckpt.wait() == tmp_path / "step_00000001"
+    assert ckpt.wait() is None  # nothing pending
+    assert [c.step for c in list_checkpoints(tmp_path)] == [1] and ckpt.latest_valid().step == 1
+    other, other_opt = make(1)
+    ckpt.load(ckpt.latest_valid(),
+              lambda d: dcp.load({"app": _AppState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
+    assert all(torch.equal(at_save[k], v) for k, v in other.state_dict().items())
+    ckpt.save(2, write_async, {"step": 2}, blocking=False)
+    ckpt.save(3, write_async, {"step": 3}, blocking=False)  # completes 2 before starting 3
+    assert [c.step for c in list_checkpoints(tmp_path)] == [2, 1]
+    ckpt.wait()
+    assert [c.step for c in list_checkpoints(tmp_path)] == [3, 2, 1]

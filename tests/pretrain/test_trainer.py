@@ -58,12 +58,17 @@ def test_two_runs_are_bit_identical_and_loss_falls(dataset: Path, tmp_path: Path
     assert (a / "metrics.png").stat().st_size > 0 and any((a / "tensorboard").iterdir())
 
 
-def test_kill_and_resume_equals_uninterrupted(dataset: Path, tmp_path: Path):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_kill_and_resume_equals_uninterrupted(dataset: Path, tmp_path: Path, async_save: bool):
+    """With async_save the killed run writes its checkpoints in the background (the kill may land while
+    one is being written); the uninterrupted reference writes them synchronously."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     steps = 40
     pretrain(tiny_pretrain(dataset, whole, steps=steps, checkpoint_interval=5))
+    cfg = tiny_pretrain(dataset, killed, steps=steps, checkpoint_interval=5)
+    cfg.checkpoint.async_save = async_save
     cfg_path = tmp_path / "killed.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_pretrain(dataset, killed, steps=steps, checkpoint_interval=5).to_dict()))
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
     command = [sys.executable, "-m", "atom", "pretrain", str(cfg_path)]
     # SIGKILL a real process as soon as its second checkpoint exists: mid-run, between checkpoints.
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -123,6 +128,9 @@ def test_bad_input_is_refused_before_training(dataset: Path, tmp_path: Path):
     wider.model.d_model = 64  # resuming into a different model shape breaks resumption
     with pytest.raises(ConfigError, match="changed model.d_model"):
         pretrain(wider)
+    with pytest.raises(ValueError, match="checkpoint.async_save works with parallel.backend none or fsdp2"):
+        PretrainConfig.model_validate({**cfg.to_dict(), "checkpoint": {"async_save": True},
+                                       "parallel": {"backend": "deepspeed"}})
     reordered = tiny_pretrain(dataset, run_dir, steps=4)
     reordered.run.seed = 4  # a different data order
     with pytest.raises(ConfigError, match="changed run.seed"):
