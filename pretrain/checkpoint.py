@@ -9,9 +9,9 @@ Model and optimizer are written by the engine (torch.distributed.checkpoint for 
 loadable into a different number of ranks; DeepSpeed's own format for DeepSpeed); the trainer's own
 state (step, tokens, data loader position) is JSON; RNG states are saved per rank.
 
-With `async_save`, the engine copies the state to CPU memory and a background thread writes it while
-training goes on; the checkpoint is completed (COMPLETE.json, rename, retention) at the next save or at
-the end of the run, on every rank at the same point. Until then it is a `.partial` directory, so a kill
+With `async_save`, the engine copies the state to CPU memory and background threads write and hash it
+while training goes on; the checkpoint is completed (COMPLETE.json, rename, retention) at the next save
+or at the end of the run, on every rank at the same point. Until then it is a `.partial` directory, so a kill
 while it is being written falls back to the previous checkpoint like any other crash.
 """
 
@@ -24,7 +24,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,11 +127,12 @@ class Checkpointer:
         self.cfg = cfg
         self.log = logger
         self._pending: tuple[Future | None, int, Path] | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
-    def save(self, step: int, write_state: Callable[[Path], Future | None], trainer_state: dict[str, Any],
+    def save(self, step: int, write_state: Callable[[Path], Any], trainer_state: dict[str, Any],
              blocking: bool = True) -> Path:
         """`write_state(dir)` writes model and optimizer (on every rank), or starts writing them and returns
-        the future of the write; `trainer_state` is JSON, the same on all ranks. A write still running when
+        the `Future` of the write; `trainer_state` is JSON, the same on all ranks. A write still running when
         this returns (`blocking=False`) is completed by the next `save` or `wait`."""
         self.wait()
         final = step_dir(self.root, step)
@@ -140,29 +141,40 @@ class Checkpointer:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         _barrier()
-        written = write_state(partial)
-        future = written if isinstance(written, Future) else None
+        # Small files first: an asynchronous write ends with a collective, so once it is done on the main
+        # rank every rank's files, these included, are on disk and can be hashed in the background.
         torch.save(torch.get_rng_state(), partial / f"rng_rank{_rank():05d}.pt")
         if _is_main():
             write_json(partial / TRAINER_STATE, trainer_state)
-        self._pending = (future, step, partial)
-        if blocking or future is None:
+        written = write_state(partial)
+        background = None
+        if isinstance(written, Future):
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atom-checkpoint")
+            background = self._executor.submit(self._finish_write, written, partial)
+        self._pending = (background, step, partial)
+        if blocking or background is None:
             self.wait()
         return final
+
+    @staticmethod
+    def _finish_write(write: Future, partial: Path) -> list[dict[str, Any]] | None:
+        write.result()
+        return _file_records(partial) if _is_main() else None
 
     def wait(self) -> Path | None:
         """Complete the checkpoint being written, if any (every rank calls this at the same point)."""
         if self._pending is None:
             return None
-        future, step, partial = self._pending
+        background, step, partial = self._pending
         self._pending = None
-        if future is not None:
-            future.result()  # a failed background write raises here and the checkpoint stays partial
+        # a failed background write raises here, and the checkpoint stays partial
+        records = background.result() if background is not None else None
         _barrier()
         final = step_dir(self.root, step)
         if _is_main():
-            files = sorted(p for p in partial.rglob("*") if p.is_file())
-            write_json(partial / COMPLETE, {"step": step, "files": [file_record(p, partial) for p in files]})
+            records = records if records is not None else _file_records(partial)
+            write_json(partial / COMPLETE, {"step": step, "files": records})
             _fsync_dir(partial)
             if final.exists():  # a re-save of the same step after a resume: replace it whole
                 shutil.rmtree(final)
@@ -200,6 +212,10 @@ class Checkpointer:
                 shutil.rmtree(ckpt.path, ignore_errors=True)
         for leftover in self.root.glob(f"step_*{PARTIAL}"):  # from runs killed mid-write
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _file_records(partial: Path) -> list[dict[str, Any]]:
+    return [file_record(p, partial) for p in sorted(p for p in partial.rglob("*") if p.is_file())]
 
 
 def _fsync_dir(path: Path) -> None:
