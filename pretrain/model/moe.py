@@ -111,6 +111,9 @@ class Experts(nn.Module):
         gate, up = self._matmul(x, self.gate_up_proj, counts).chunk(2, dim=-1)
         return self._matmul(F.silu(gate) * up, self.down_proj, counts)
 
+    # Left out of torch.compile graphs: the grouped GEMM is one kernel already, and its fake-tensor rule
+    # accepts only bf16, so tracing it in fp32 (CPU training) fails.
+    @torch.compiler.disable
     def _matmul(self, x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Row block e of x times w[e].T, for every expert e."""
         if self.backend == "grouped_mm":

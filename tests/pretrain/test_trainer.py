@@ -135,3 +135,17 @@ def test_bad_input_is_refused_before_training(dataset: Path, tmp_path: Path):
     reordered.run.seed = 4  # a different data order
     with pytest.raises(ConfigError, match="changed run.seed"):
         pretrain(reordered)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(dataset: Path, tmp_path: Path):
+    """trainer.compile (each block through torch.compile): same losses within float tolerance, and its
+    checkpoints hold the same parameter names, so eager runs and exports read them."""
+    pretrain(tiny_pretrain(dataset, tmp_path / "eager", steps=4))
+    pretrain(tiny_pretrain(dataset, tmp_path / "compiled", steps=4, compile=True))
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 2
+    assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(eager, compiled, strict=True)), (eager, compiled)
+    we, wc = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert we.keys() == wc.keys()
+    assert all(torch.allclose(we[k], wc[k], rtol=1e-3, atol=1e-5) for k in we)
