@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from data_pipeline.config import load_config
+from pretrain.metrics import matmul_peak
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.fp8 import convert_to_fp8
+from pretrain.optim import OptimizerConfig, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The issue's benchmark shape: vocab 32768, d_model 256, 4 layers, 4 heads / 2 KV heads, 8 experts top-2.
@@ -36,19 +37,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    """FLOP/s of a square torch.mm, best of several: the ceiling this machine reaches in practice."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(8):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def olmoe_like(cfg: MoEModelConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -68,16 +56,22 @@ def olmoe_like(cfg: MoEModelConfig, dtype: torch.dtype, device: torch.device) ->
 
 
 def step_fn(model: torch.nn.Module, tokens: torch.Tensor, hf: bool) -> Callable[[], None]:
-    """One training step: forward, loss (cross-entropy + MoE losses), backward, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    """One training step as each side trains: forward, loss (cross-entropy + MoE losses), backward, AdamW.
+
+    Ours: `model(x, targets=y)` (the fused head + loss) and the trainer's `build_optimizer`. transformers:
+    `model(input_ids, labels)` and the fused AdamW that its Trainer uses by default (`adamw_torch_fused`)."""
+    if hf:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    else:
+        opt = build_optimizer(model, OptimizerConfig(lr=1e-4))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> None:
         if hf:
             loss = model(input_ids=inputs, labels=tokens[:, :-1]).loss  # shifts labels itself; adds aux loss
         else:
-            out = model(inputs)
-            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten()) + out.aux_loss + out.z_loss
+            out = model(inputs, targets=targets)
+            loss = out.loss + out.aux_loss + out.z_loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -132,7 +126,7 @@ def main() -> None:
             sync(device)
             times[name].append((time.perf_counter() - start) / args.steps)
 
-    peak = matmul_peak(device, dtype, 4096 if device.type == "cuda" else 1024)
+    peak = matmul_peak(device, dtype)
     tokens_per_step = args.batch * args.seq
     flops_per_token = cfg.flops_per_token(args.seq)
     hf_name = "transformers OlmoeForCausalLM"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, field_validator
 
 from data_pipeline.config import ConfigModel
 
@@ -21,11 +23,36 @@ class MetricsConfig(ConfigModel):
     tensorboard: bool = True
     plot: bool = True
     console: bool = True
-    peak_flops_per_device: float | None = Field(None, gt=0)  # for MFU; None: not reported
+    # For MFU: FLOP/s of one device (e.g. 989e12 for an H100 in bf16), "measure" (a torch.mm timed at
+    # start on the training device and dtype), or None (MFU not reported).
+    peak_flops_per_device: float | Literal["measure"] | None = None
+
+    @field_validator("peak_flops_per_device")
+    @classmethod
+    def _positive(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float | int) and value <= 0:
+            raise ValueError("must be positive")
+        return value
 
 
 # Measurements of the machine rather than of the training: they differ between identical runs.
 TIMING_KEYS = ("tokens_per_s", "tokens_per_s_per_rank", "mfu", "memory/")
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
+    """FLOP/s of a square torch.mm, best of several: the ceiling this device reaches in practice."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(8):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def reproducible(record: dict[str, Any]) -> dict[str, Any]:

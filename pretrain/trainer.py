@@ -23,7 +23,7 @@ from pretrain.config import PretrainConfig
 from pretrain.data import Batch, DataLoader
 from pretrain.dataset import open_training_data
 from pretrain.engine import build_engine
-from pretrain.metrics import MetricsLogger, truncate_jsonl
+from pretrain.metrics import MetricsLogger, matmul_peak, truncate_jsonl
 from pretrain.optim import lr_multiplier
 from pretrain.parallel import DistEnv, all_reduce_mean, init_distributed
 from pretrain.preemption import PreemptionWatch
@@ -62,6 +62,11 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
+        self.peak_flops = cfg.metrics.peak_flops_per_device
+        if self.peak_flops == "measure":
+            dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
+            self.peak_flops = matmul_peak(self.env.device, dtype)
+            self.log.info(f"measured matmul peak for MFU: {self.peak_flops / 1e12:.2f} TFLOP/s per device ({dtype})")
         self.preemption = PreemptionWatch(run.path, self.env.is_main)
         self._started = False
 
@@ -150,9 +155,9 @@ class Trainer:
             rows = slice(i * micro, (i + 1) * micro)
             doc_ids = batch.doc_ids[rows].to(self.env.device) if batch.doc_ids is not None else None
             with engine.accumulate(is_last=i == n_micro - 1):
-                out = engine.model(batch.inputs[rows].to(self.env.device), doc_ids)
-                targets = batch.targets[rows].to(self.env.device)
-                ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+                out = engine.model(batch.inputs[rows].to(self.env.device), doc_ids,
+                                   batch.targets[rows].to(self.env.device))
+                ce = out.loss
                 loss = ce + out.aux_loss + out.z_loss
                 engine.backward(loss / n_micro)
             totals += torch.stack([ce.detach(), out.aux_loss.detach(), out.z_loss.detach()]).float().cpu() / n_micro
@@ -183,7 +188,7 @@ class Trainer:
         values = {**stats, "lr": lr, "tokens_per_s": tokens_per_s, "tokens_seen": self.tokens_seen,
                   "nonfinite_total": self.nonfinite_total,
                   "tokens_per_s_per_rank": tokens_per_s / self.env.world_size}
-        peak = self.cfg.metrics.peak_flops_per_device
+        peak = self.peak_flops
         if peak:
             values["mfu"] = tokens_per_s * self.flops_per_token / (peak * self.env.world_size)
         if self.env.device.type == "cuda":

@@ -1,7 +1,9 @@
 """The decoder-only transformer: embedding, pre-norm blocks (attention + dense MLP or MoE), norm, head.
 
-forward(tokens, doc_ids) returns logits and the MoE losses already weighted by the config, so a
-training step is `out = model(x); loss = cross_entropy(out.logits, y) + out.aux_loss + out.z_loss`.
+forward(tokens, doc_ids) returns logits and the MoE losses already weighted by the config;
+forward(tokens, doc_ids, targets) returns the mean cross-entropy instead of the logits, computed by the
+fused head + loss of loss.py, so a training step is `out = model(x, targets=y); (out.loss + out.aux_loss +
+out.z_loss).backward()`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from torch import nn
 
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.layers import Attention, AttentionMask, RMSNorm, RotaryEmbedding, SwiGLU, document_mask
+from pretrain.model.loss import linear_cross_entropy
 from pretrain.model.moe import MoE
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # [batch, seq, vocab]
+    logits: torch.Tensor | None  # [batch, seq, vocab]; None when targets were given
     aux_loss: torch.Tensor  # load-balancing loss, mean over MoE layers, times moe.aux_loss_weight
     z_loss: torch.Tensor  # router z-loss, mean over MoE layers, times moe.z_loss_weight
+    loss: torch.Tensor | None = None  # mean cross-entropy against the targets, when given
 
 
 class Block(nn.Module):
@@ -48,6 +52,16 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), None, None
 
 
+class OutputHead(nn.Linear):
+    """The vocabulary projection; given targets, it returns their cross-entropy through the fused loss
+    instead of logits (inside its own forward, so sharding hooks gather its weight as for any module)."""
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        if targets is None:
+            return super().forward(x)
+        return linear_cross_entropy(x, self.weight, targets)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: MoEModelConfig) -> None:
         super().__init__()
@@ -56,7 +70,7 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(cfg.dim_per_head, cfg.rope, cfg.max_seq_len)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = OutputHead(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.reset_parameters()
@@ -75,8 +89,10 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None) -> ModelOutput:
-        """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document."""
+    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> ModelOutput:
+        """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document;
+        targets [batch, seq] (optional): return their mean cross-entropy and no logits."""
         x = self.embed(tokens)
         cos, sin = self.rope(tokens.shape[1])
         mask = document_mask(doc_ids) if doc_ids is not None else None
@@ -86,14 +102,15 @@ class Transformer(nn.Module):
             if aux is not None:
                 aux_losses.append(aux)
                 z_losses.append(z)
-        logits = self.lm_head(self.norm(x))
-        zero = logits.new_zeros(())
+        x = self.norm(x)
+        logits, loss = (self.lm_head(x), None) if targets is None else (None, self.lm_head(x, targets))
+        zero = x.new_zeros((), dtype=torch.float32)
         moe = self.cfg.moe
         if moe is None or not aux_losses:
-            return ModelOutput(logits, zero, zero)
+            return ModelOutput(logits, zero, zero, loss)
         aux_loss = moe.aux_loss_weight * torch.stack(aux_losses).mean() if moe.aux_loss_weight else zero
         z_loss = moe.z_loss_weight * torch.stack(z_losses).mean() if moe.z_loss_weight else zero
-        return ModelOutput(logits, aux_loss, z_loss)
+        return ModelOutput(logits, aux_loss, z_loss, loss)
 
     # ---- MoE bookkeeping for the trainer -------------------------------------------------------
 

@@ -42,7 +42,9 @@ def losses(run_dir: Path) -> list[float]:
 
 def test_two_runs_are_bit_identical_and_loss_falls(dataset: Path, tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
-    summary = pretrain(tiny_pretrain(dataset, a))
+    measured = tiny_pretrain(dataset, a)
+    measured.metrics.peak_flops_per_device = "measure"  # MFU against a matmul timed at start
+    summary = pretrain(measured)
     pretrain(tiny_pretrain(dataset, b))
     assert losses(a) == losses(b)
     wa, wb = final_weights(a), final_weights(b)
@@ -56,6 +58,9 @@ def test_two_runs_are_bit_identical_and_loss_falls(dataset: Path, tmp_path: Path
     unigram = records[0]["val/unigram_loss"]
     assert 3.0 < unigram < math.log(512)  # below uniform: the bar a trained model must clear
     assert (a / "metrics.png").stat().st_size > 0 and any((a / "tensorboard").iterdir())
+    mfu = [r["mfu"] for r in records if "mfu" in r]
+    assert mfu and all(0 < m < 1 for m in mfu)
+    assert not any("mfu" in json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines())
 
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
