@@ -197,6 +197,7 @@ def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: A
     report.add(RELEASE_JSON, f"trained documents of stage {stage['index']}",
                docs.summary(mask) == stage["trained_documents"],
                "per-source/license counts differ from the recomputed ones")
+    _held_out(stream, docs, windows, seq_len, report, tm_name)
 
     if stage["parent"] is not None:
         prev = release["stages"][stage["parent"]["stage"]]
@@ -212,6 +213,30 @@ def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: A
         report.add(f"{sdir}/{CONFIG}", "parent is the previous stage's checkpoint",
                    bool(match) and prev["step"] == stage["parent"]["step"],
                    f"parent step {stage['parent']['step']} is not a checkpoint of {prev['dir']}")
+
+
+def _held_out(stream, docs, windows, seq_len, report, name) -> None:
+    """Validation documents were never trained on: every occurrence of each held-out document (a mixture
+    repeats them) lies in windows the training manifest excludes, and no trained window reads one."""
+    held = stream.get("held_out_documents")
+    if not held:
+        return
+    from pretrain.held_out import touched_windows
+
+    starts = docs.starts
+    firsts = np.searchsorted(starts, np.array([s for s, _ in held], dtype=np.int64))
+    found = (firsts < len(starts)) & (starts[np.minimum(firsts, len(starts) - 1)] == [s for s, _ in held])
+    if not report.add(name, "held-out documents are documents of the stream", bool(found.all()),
+                      f"{int((~found).sum())} held_out_documents ranges start at no document"):
+        return
+    every = np.isin(docs.keys, docs.keys[firsts])
+    n_windows = (int(stream["n_tokens"]) - 1) // seq_len
+    touched = touched_windows(starts[every], docs.ends[every], seq_len, n_windows)
+    excluded = set(stream.get("held_out") or [])
+    leaked = sorted(set(touched.tolist()) & set(np.unique(windows).tolist()))
+    report.add(name, "held-out documents never trained on", set(touched.tolist()) <= excluded and not leaked,
+               f"{int(every.sum())} occurrence(s) of {len(held)} held-out documents: windows "
+               f"{sorted(set(touched.tolist()) - excluded)[:5]} not excluded, {leaked[:5]} trained")
 
 
 def _repetition(manifest, stage, trained, available_tokens, report, name) -> None:

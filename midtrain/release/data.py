@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from data_pipeline.config import ConfigError
 from data_pipeline.manifest import sha256_file
 from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.reader import document_keys
 
 DATASETS_DIR = "datasets"
 
@@ -95,6 +96,11 @@ class StreamDocuments:
     ids: np.ndarray
     sources: np.ndarray
     licenses: np.ndarray
+    keys: np.ndarray  # uint64 document keys (`document_keys`): equal for every occurrence of a document
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
 
     @classmethod
     def read(cls, root: Path, manifest: dict[str, Any], dataset_roots: list[Path] | None = None) -> StreamDocuments:
@@ -105,10 +111,12 @@ class StreamDocuments:
             return cls(table.column("token_end").to_numpy().astype(np.int64),
                        np.array(table.column("id").to_pylist(), dtype=object),
                        np.array(table.column("source").to_pylist(), dtype=object),
-                       np.array(table.column("license").to_pylist(), dtype=object))
+                       np.array(table.column("license").to_pylist(), dtype=object),
+                       document_keys(manifest["provenance"]["sha256"], np.arange(table.num_rows)))
         seq = np.load(root / manifest["sequence"]["array"]["path"], mmap_mode="r", allow_pickle=False)
         n = len(seq)
         ids, sources, licenses = (np.empty(n, dtype=object) for _ in range(3))
+        keys = np.zeros(n, dtype=np.uint64)
         roots = dataset_roots or [root / d["path"] for d in manifest["datasets"]]
         for d, ds_root in enumerate(roots):
             mask = seq["dataset"] == d
@@ -117,10 +125,11 @@ class StreamDocuments:
             ds_manifest = json.loads((ds_root / fmt.MANIFEST).read_text(encoding="utf-8"))
             prov = pq.read_table(ds_root / ds_manifest["provenance"]["path"], columns=["id", "source", "license"])
             docs = seq["doc"][mask].astype(np.int64)
+            keys[mask] = document_keys(ds_manifest["provenance"]["sha256"], docs)
             ids[mask] = np.array(prov.column("id").to_pylist(), dtype=object)[docs]
             sources[mask] = np.array(prov.column("source").to_pylist(), dtype=object)[docs]
             licenses[mask] = np.array(prov.column("license").to_pylist(), dtype=object)[docs]
-        return cls(np.asarray(seq["end"], dtype=np.int64), ids, sources, licenses)
+        return cls(np.asarray(seq["end"], dtype=np.int64), ids, sources, licenses, keys)
 
     def summary(self, mask: np.ndarray) -> dict[str, Any]:
         """Documents selected by `mask`, counted by source and license."""

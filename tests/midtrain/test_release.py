@@ -181,6 +181,16 @@ def _remove_trained_license(rel: Path) -> None:
     pq.write_table(table, file)
 
 
+def _train_on_a_held_out_window(rel: Path) -> None:
+    """Drop a window from the excluded list: it would be trained on although it reads a validation document."""
+    file = rel / "lineage/00-pretrain/train_tokens.jsonl"
+    lines = file.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["stream"]["held_out"] and header["stream"]["held_out_documents"]
+    header["stream"]["held_out"] = header["stream"]["held_out"][1:]
+    file.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+
+
 TAMPERING = {
     "weights byte flipped": (_flip_weight_byte, "model.safetensors: sha256 matches SHA256SUMS", None),
     "model card edited": (_edit_card, "README.md: sha256 matches SHA256SUMS",
@@ -193,6 +203,9 @@ TAMPERING = {
     "license removed from provenance": (
         _remove_trained_license, "lineage/00-pretrain/data/provenance.parquet: sha256 matches SHA256SUMS",
         "lineage/00-pretrain/data/provenance.parquet: every trained document has a license"),
+    "held-out window trained on": (
+        _train_on_a_held_out_window, "lineage/00-pretrain/train_tokens.jsonl: sha256 matches SHA256SUMS",
+        "lineage/00-pretrain/train_tokens.jsonl: held-out documents never trained on"),
 }
 
 
