@@ -7,6 +7,7 @@ which source) it belongs to.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from data_pipeline.config import ConfigError
 from data_pipeline.manifest import sha256_file
 from data_pipeline.tokens.format import MANIFEST
 from data_pipeline.tokens.reader import TokenDataset, TokenMixture, open_tokens
+from pretrain.checkpoint import TRAINER_STATE
 from pretrain.config import DataConfig
 from pretrain.data import TokenWindows
-from pretrain.held_out import HeldOut, hold_out
+from pretrain.held_out import HeldOut, hold_out, parse_keys
 from pretrain.model.config import MoEModelConfig
+from pretrain.train_manifest import TRAIN_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,15 @@ class ValBatch:
 
 
 class TrainingData:
-    def __init__(self, tokens: TokenDataset | TokenMixture, seq_len: int, val_sequences: int):
+    def __init__(self, tokens: TokenDataset | TokenMixture, seq_len: int, val_sequences: int,
+                 inherited: np.ndarray | None = None):
         self.tokens = tokens
         self.windows = TokenWindows(tokens.spans(), seq_len)
         tokenizer = tokens.manifest["tokenizer"]
         self.vocab_size: int = tokenizer["vocab_size"]
         self.tokenizer_sha256: str = tokenizer["sha256"]
         self.held_out: HeldOut = hold_out(tokens.occurrences(), seq_len, self.windows.n_windows, val_sequences,
-                                          lambda token: tokens.locate(token).source)
+                                          lambda token: tokens.locate(token).source, inherited)
 
     def unigram_loss(self, max_tokens: int = 20_000_000) -> float:
         """Cross-entropy (nats) of the scored held-out targets under the stream's unigram distribution
@@ -84,12 +88,35 @@ class TrainingData:
                            torch.from_numpy(np.stack(scored)))
 
 
-def open_training_data(cfg: DataConfig, model: MoEModelConfig) -> TrainingData:
-    """The dataset or mixture at `cfg.path`, checked against the model (vocabulary and tokenizer)."""
+def inherited_held_out(init_from: str | None) -> np.ndarray | None:
+    """The documents held out by the run(s) behind checkpoint `init_from`: its run's, or for a checkpoint
+    averaged from others (`soup_of` in its trainer state) the union of theirs."""
+    return None if not init_from else _held_out_behind(Path(init_from).resolve(), 0)
+
+
+def _held_out_behind(ckpt: Path, depth: int) -> np.ndarray:
+    if depth > 16:
+        raise ConfigError(f"init_from: checkpoint lineage deeper than 16 at {ckpt} (a cycle?)")
+    ckpt = ckpt if (ckpt / TRAINER_STATE).is_file() else ckpt.parent  # init_from may name the dcp/ directory
+    state = json.loads((ckpt / TRAINER_STATE).read_text()) if (ckpt / TRAINER_STATE).is_file() else {}
+    if state.get("soup_of"):
+        parts = [_held_out_behind(Path(p).resolve(), depth + 1) for p in state["soup_of"]]
+        return np.unique(np.concatenate(parts)).astype(np.uint64)
+    manifest = ckpt.parent.parent / TRAIN_MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"init_from: {manifest} does not exist (the training manifest of the run behind "
+                          f"{ckpt}, naming the documents it held out)")
+    header = json.loads(manifest.read_text().splitlines()[0])
+    return parse_keys(header["stream"].get("held_out_keys") or [])
+
+
+def open_training_data(cfg: DataConfig, model: MoEModelConfig, init_from: str | None = None) -> TrainingData:
+    """The dataset or mixture at `cfg.path`, checked against the model (vocabulary and tokenizer). A run
+    started from another run's checkpoint keeps that run's held-out documents out of training too."""
     path = Path(cfg.path)
     if not path.exists():
         raise ConfigError(f"data.path: {path} does not exist")
-    data = TrainingData(open_tokens(path), cfg.seq_len, cfg.val_sequences)
+    data = TrainingData(open_tokens(path), cfg.seq_len, cfg.val_sequences, inherited_held_out(init_from))
     if data.vocab_size > model.vocab_size:
         raise ConfigError(f"data.path: the tokenizer of {path} has {data.vocab_size} tokens, more than "
                           f"model.vocab_size={model.vocab_size}")

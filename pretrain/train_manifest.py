@@ -17,6 +17,7 @@ from typing import Any
 
 from data_pipeline.manifest import code_version
 
+TRAIN_MANIFEST = "train_tokens.jsonl"
 ORDER_DEFINITION = ("windows [w*L, w*L+L+1) of the concatenated spans; held_out = every window reading a token of any "
                     "occurrence of a held-out document (held_out_documents: [start, end) of their first occurrences); "
                     "training windows = all minus held_out; "

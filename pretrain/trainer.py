@@ -27,7 +27,7 @@ from pretrain.metrics import MetricsLogger, matmul_peak, truncate_jsonl
 from pretrain.optim import lr_multiplier
 from pretrain.parallel import DistEnv, all_reduce_mean, init_distributed
 from pretrain.preemption import PreemptionWatch
-from pretrain.train_manifest import TrainManifest
+from pretrain.train_manifest import TRAIN_MANIFEST, TrainManifest
 
 log = logging.getLogger("atom.pretrain")
 
@@ -50,13 +50,13 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.run.seed)
 
-        self.data = open_training_data(cfg.data, cfg.model)
+        self.data = open_training_data(cfg.data, cfg.model, cfg.init_from)
         self.loader = DataLoader(self.data.windows, cfg.data.global_batch, cfg.run.seed, self.env.rank,
                                  self.env.world_size, cfg.data.document_masking, self.data.held_out.windows)
         self.engine = build_engine(cfg, self.env)
         self.checkpointer = Checkpointer(run.file("checkpoints"), cfg.checkpoint, self.log)
         self.metrics = MetricsLogger(run.path, cfg.metrics, enabled=self.env.is_main)
-        self.manifest = TrainManifest(run.file("train_tokens.jsonl"), enabled=self.env.is_main)
+        self.manifest = TrainManifest(run.file(TRAIN_MANIFEST), enabled=self.env.is_main)
         self.step = 0
         self.tokens_seen = 0
         self.nonfinite_in_a_row = 0

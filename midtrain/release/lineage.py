@@ -25,10 +25,9 @@ import yaml
 from data_pipeline.config import ConfigError
 from pretrain.checkpoint import COMPLETE, TRAINER_STATE, Checkpoint, checkpoint_digest, list_checkpoints, verify
 from pretrain.data import DataLoader
-from pretrain.train_manifest import read_train_manifest
+from pretrain.train_manifest import TRAIN_MANIFEST, read_train_manifest
 
 CONFIG = "config.yaml"
-TRAIN_MANIFEST = "train_tokens.jsonl"
 MIDTRAIN = "midtrain.json"
 PARENT_KEYS = ("parent_checkpoint", "checkpoint", "init_from", "parent", "path", "run_dir")
 

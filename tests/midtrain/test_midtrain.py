@@ -14,6 +14,7 @@ from midtrain.soup import SoupConfig, load_model_state
 from midtrain.soup import run as soup
 from midtrain.stage import run as midtrain
 from pretrain.stage import run as pretrain
+from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
 
 
@@ -31,7 +32,7 @@ def mid_config(data: Path, parent: Path, run_dir: Path, seed: int = 0, **model) 
         "model": model or {"max_seq_len": 128, "rope": {"scaling": "yarn", "factor": 2.0,
                                                          "original_max_position": 64}},
         "data": {"path": str(data), "seq_len": 128, "global_batch": 2, "document_masking": True,
-                 "val_sequences": 4},
+                 "val_sequences": 1},  # fewer tokens than the parent held out: the parent's set must carry over
         "optimizer": {"lr": 3e-3}, "trainer": {"max_steps": 6, "micro_batch": 1},
         "checkpoint": {"interval": 3}, "metrics": {"log_every": 1, "console": False},
         "evals": {"reasoning_problems": 3, "max_new_tokens": 8, "passkey_trials": 2}})
@@ -54,6 +55,11 @@ def test_midtrain_extends_context_anneals_and_evaluates(parent, tmp_path: Path):
     assert lineage["parent"]["step"] == 8 and len(lineage["parent"]["content_sha256"]) == 64
     resumed = find_parent(tmp_path / "mid")
     assert resumed.model.max_seq_len == 128 and resumed.model.rope.scaling == "yarn"
+    # The parent's validation documents stay out of mid-training (same data: every one of them occurs).
+    parent_header, _ = read_train_manifest(pre / "train_tokens.jsonl")
+    child_header, _ = read_train_manifest(tmp_path / "mid" / "train_tokens.jsonl")
+    parent_keys = set(parent_header["stream"]["held_out_keys"])
+    assert parent_keys and parent_keys <= set(child_header["stream"]["held_out_keys"])
 
 
 def test_midtrain_starts_from_the_parent_weights(parent, tmp_path: Path):

@@ -91,3 +91,17 @@ def test_holding_out_everything_is_refused(dataset: Path):
     n = open_tokens(dataset).n_tokens
     with pytest.raises(ConfigError, match="data.val_sequences"):
         TrainingData(open_tokens(dataset), SEQ, val_sequences=n // SEQ)
+
+
+def test_inherited_documents_stay_held_out(dataset: Path):
+    """Mid-training keeps its parent's validation documents out, on top of its own (fewer) picks."""
+    tokens = open_tokens(dataset)
+    parent = TrainingData(tokens, SEQ, val_sequences=6).held_out
+    child = TrainingData(tokens, SEQ, val_sequences=1, inherited=parent.keys).held_out
+    own = TrainingData(tokens, SEQ, val_sequences=1).held_out
+    assert len(own.keys) < len(parent.keys)
+    assert set(parent.keys.tolist()) <= set(child.keys.tolist())
+    assert set(parent.windows.tolist()) <= set(child.windows.tolist())
+    assert child.n_documents == len(set(parent.keys.tolist()) | set(own.keys.tolist()))
+    nothing_new = TrainingData(tokens, SEQ, val_sequences=0, inherited=parent.keys).held_out
+    assert np.array_equal(nothing_new.keys, parent.keys) and np.array_equal(nothing_new.windows, parent.windows)
