@@ -251,9 +251,11 @@ def format_validation_error(exc: ValidationError, origins: Mapping[str, str], de
         elif err["type"] == "missing":
             what = "missing required key"
             where = default
+        elif isinstance(err.get("input"), Mapping | list):  # a check across keys: its message names them
+            what = err["msg"].removeprefix("Value error, ")
         else:
             what = f"{err['msg']} (got {err.get('input')!r})"
-        lines.append(f"{where}: key '{dotted}': {what}")
+        lines.append(f"{where}: {what}" if dotted == "<root>" else f"{where}: key '{dotted}': {what}")
     return "; ".join(lines)
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig, load_config, parse_value
 
@@ -125,3 +126,21 @@ def test_section_extends_fills_one_section(tmp_path: Path):
     with pytest.raises(ConfigError) as err:
         load_config(Experiment, cfg_path)
     assert str(optim.resolve()) in str(err.value) and "trainer.optim.momentum" in str(err.value)
+
+
+class Windowed(ConfigModel):
+    seq_len: int
+    max_seq_len: int
+
+    @model_validator(mode="after")
+    def _fits(self) -> "Windowed":
+        if self.seq_len > self.max_seq_len:
+            raise ValueError(f"seq_len={self.seq_len} exceeds max_seq_len={self.max_seq_len}")
+        return self
+
+
+def test_a_check_across_keys_says_its_message_without_dumping_the_config(tmp_path: Path):
+    cfg = write(tmp_path / "w.yaml", "seq_len: 4096\nmax_seq_len: 512\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Windowed, cfg)
+    assert str(err.value) == f"{cfg}: seq_len=4096 exceeds max_seq_len=512"
