@@ -25,7 +25,7 @@ from pretrain.config import DataConfig
 from pretrain.data import TokenWindows
 from pretrain.held_out import HeldOut, hold_out, parse_keys
 from pretrain.model.config import MoEModelConfig
-from pretrain.train_manifest import TRAIN_MANIFEST
+from pretrain.train_manifest import TRAIN_MANIFEST, read_train_manifest
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _held_out_behind(ckpt: Path, depth: int) -> np.ndarray:
     if not manifest.is_file():
         raise ConfigError(f"init_from: {manifest} does not exist (the training manifest of the run behind "
                           f"{ckpt}, naming the documents it held out)")
-    header = json.loads(manifest.read_text().splitlines()[0])
+    header, _ = read_train_manifest(manifest)
     return parse_keys(header["stream"].get("held_out_keys") or [])
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from data_pipeline.rundir import RunDir
@@ -210,9 +209,9 @@ class Trainer:
         for batch in self.data.val_batches(self.env.rank, self.env.world_size, self.cfg.trainer.micro_batch,
                                            self.cfg.data.document_masking):
             doc_ids = None if batch.doc_ids is None else batch.doc_ids.to(self.env.device)
-            out = model(batch.tokens[:, :-1].to(self.env.device), doc_ids)
-            ce = F.cross_entropy(out.logits.flatten(0, 1).float(), batch.tokens[:, 1:].flatten().to(self.env.device),
-                                 reduction="none").double().cpu()
+            out = model(batch.tokens[:, :-1].to(self.env.device), doc_ids, batch.tokens[:, 1:].to(self.env.device),
+                        "none")
+            ce = out.loss.double().cpu()
             slot = torch.where(batch.scored.flatten() >= 0, batch.scored.flatten(), len(sources))
             totals[0].index_add_(0, slot, ce)
             totals[1].index_add_(0, slot, torch.ones_like(ce))

@@ -4,7 +4,7 @@
     ds.spans()          # ordered TokenSpan(path, dtype, start, end, doc_index): the token stream
     ds.locate(i)        # global token index -> DocRef(id, source, license, ...) in O(log n)
     ds.read(start, n)   # n tokens of the stream from `start`
-    ds.occurrences()    # every document occurrence in stream order, with a stable document key
+    ds.occurrences()    # every document occurrence in stream order, with a stable key (arrays, one entry each)
 
 Token files and document-end indices are np.memmap'd; provenance rows are read one Parquet row group
 at a time; the only per-shard state in memory is a few integers. Memory stays flat as data grows.

@@ -223,9 +223,9 @@ def _held_out(stream, docs, windows, seq_len, report, name) -> None:
         return
     from pretrain.held_out import touched_windows
 
-    starts = docs.starts
-    firsts = np.searchsorted(starts, np.array([s for s, _ in held], dtype=np.int64))
-    found = (firsts < len(starts)) & (starts[np.minimum(firsts, len(starts) - 1)] == [s for s, _ in held])
+    starts, held_starts = docs.starts, np.array([s for s, _ in held], dtype=np.int64)
+    firsts = np.searchsorted(starts, held_starts)
+    found = (firsts < len(starts)) & (starts[np.minimum(firsts, len(starts) - 1)] == held_starts)
     if not report.add(name, "held-out documents are documents of the stream", bool(found.all()),
                       f"{int((~found).sum())} held_out_documents ranges start at no document"):
         return

@@ -10,6 +10,8 @@ Liger's and OLMo-core's fused losses do. Peak memory is one chunk of logits; the
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -60,10 +62,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         reduction: str = "mean") -> torch.Tensor:
+                         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, targets) over rows of hidden [N, d]; targets [N] (IGNORE_INDEX
-    rows do not count). `mean` under autograd runs the fused, gradient-in-forward path; otherwise the
-    loss is computed chunk by chunk without keeping anything."""
+    rows do not count): their mean, or each row's loss (`none`). `mean` under autograd runs the fused,
+    gradient-in-forward path; otherwise the loss is computed chunk by chunk without keeping anything."""
     hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     if reduction == "mean" and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets)
@@ -74,5 +76,4 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     per_token = torch.cat(losses)
     if reduction == "none":
         return per_token
-    valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    return per_token.sum() / valid if reduction == "mean" else per_token.sum()
+    return per_token.sum() / (targets != IGNORE_INDEX).sum().clamp(min=1)

@@ -1,15 +1,16 @@
 """The decoder-only transformer: embedding, pre-norm blocks (attention + dense MLP or MoE), norm, head.
 
 forward(tokens, doc_ids) returns logits and the MoE losses already weighted by the config;
-forward(tokens, doc_ids, targets) returns the mean cross-entropy instead of the logits, computed by the
-fused head + loss of loss.py, so a training step is `out = model(x, targets=y); (out.loss + out.aux_loss +
-out.z_loss).backward()`.
+forward(tokens, doc_ids, targets) returns the mean cross-entropy (or, with loss_reduction="none", each
+target's) instead of the logits, computed by the fused head + loss of loss.py, so a training step is
+`out = model(x, targets=y); (out.loss + out.aux_loss + out.z_loss).backward()`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ class ModelOutput:
     logits: torch.Tensor | None  # [batch, seq, vocab]; None when targets were given
     aux_loss: torch.Tensor  # load-balancing loss, mean over MoE layers, times moe.aux_loss_weight
     z_loss: torch.Tensor  # router z-loss, mean over MoE layers, times moe.z_loss_weight
-    loss: torch.Tensor | None = None  # mean cross-entropy against the targets, when given
+    loss: torch.Tensor | None = None  # cross-entropy against the targets (mean, or [batch * seq]), when given
 
 
 class Block(nn.Module):
@@ -56,10 +57,11 @@ class OutputHead(nn.Linear):
     """The vocabulary projection; given targets, it returns their cross-entropy through the fused loss
     instead of logits (inside its own forward, so sharding hooks gather its weight as for any module)."""
 
-    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         if targets is None:
             return super().forward(x)
-        return linear_cross_entropy(x, self.weight, targets)
+        return linear_cross_entropy(x, self.weight, targets, reduction)
 
 
 class Transformer(nn.Module):
@@ -90,9 +92,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=std)
 
     def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> ModelOutput:
+                targets: torch.Tensor | None = None, loss_reduction: Literal["mean", "none"] = "mean") -> ModelOutput:
         """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document;
-        targets [batch, seq] (optional): return their mean cross-entropy and no logits."""
+        targets [batch, seq] (optional): return their cross-entropy (`loss_reduction`) and no logits."""
         x = self.embed(tokens)
         cos, sin = self.rope(tokens.shape[1])
         mask = document_mask(doc_ids) if doc_ids is not None else None
@@ -103,7 +105,8 @@ class Transformer(nn.Module):
                 aux_losses.append(aux)
                 z_losses.append(z)
         x = self.norm(x)
-        logits, loss = (self.lm_head(x), None) if targets is None else (None, self.lm_head(x, targets))
+        logits, loss = ((self.lm_head(x), None) if targets is None
+                        else (None, self.lm_head(x, targets, loss_reduction)))
         zero = x.new_zeros((), dtype=torch.float32)
         moe = self.cfg.moe
         if moe is None or not aux_losses:

@@ -60,6 +60,11 @@ def test_model_trains_the_same_with_targets_as_with_logits(small_chunks):
     assert torch.allclose(fused.loss, plain, rtol=1e-12)
     for name, param in model.named_parameters():
         assert torch.allclose(fused_grads[name], param.grad, rtol=1e-9, atol=1e-12), name
+    with torch.no_grad():  # evaluation's per-token losses, without the logits
+        per_token = model(x, targets=y, loss_reduction="none").loss
+        assert per_token.shape == (y.numel(),)
+        assert torch.allclose(per_token, F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), reduction="none"),
+                              rtol=1e-12)
 
 
 def test_bf16_stays_close_to_fp32():

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,19 +43,6 @@ pytestmark = pytest.mark.slurm
 def dataset(tmp_path_factory) -> Path:
     """Curated run, tokenizer and token dataset under one root (built locally, ~10-20 s)."""
     return build_token_dataset(tmp_path_factory.mktemp("slurm-data"))
-
-
-@pytest.fixture(scope="module")
-def jobs_file(tmp_path_factory) -> Iterator[Path]:
-    """A private `atom jobs` registry for this module (ATOM_JOBS_FILE), so the user's is untouched."""
-    path = tmp_path_factory.mktemp("registry") / "jobs.jsonl"
-    previous = os.environ.get("ATOM_JOBS_FILE")
-    os.environ["ATOM_JOBS_FILE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("ATOM_JOBS_FILE", None)
-    else:
-        os.environ["ATOM_JOBS_FILE"] = previous
 
 
 def write(path: Path, config) -> Path:

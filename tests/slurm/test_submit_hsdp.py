@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,19 +33,6 @@ TOTAL_STEPS = 10  # after the resume in one process
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return build_token_dataset(tmp_path_factory.mktemp("hsdp-data"))
-
-
-@pytest.fixture(scope="module")
-def jobs_file(tmp_path_factory) -> Iterator[Path]:
-    """A private `atom jobs` registry (ATOM_JOBS_FILE), so the user's is untouched."""
-    path = tmp_path_factory.mktemp("registry") / "jobs.jsonl"
-    previous = os.environ.get("ATOM_JOBS_FILE")
-    os.environ["ATOM_JOBS_FILE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("ATOM_JOBS_FILE", None)
-    else:
-        os.environ["ATOM_JOBS_FILE"] = previous
 
 
 def write(path: Path, data: dict) -> Path:
