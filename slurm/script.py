@@ -20,19 +20,24 @@ the batch shell or every process of every step. A file on the shared run directo
 on every node the same way, and the trainer already agrees on it collectively. SIGTERM sent straight to
 the ranks (preemption, `scontrol requeue`, time limit) is handled by the trainer too.
 
-Every value that comes from the user (paths, names, env values) is quoted: `shlex.quote` in the shell
-part, backslash escapes in `#SBATCH` lines (sbatch's own parser); newlines are refused.
+Every value that comes from the user (paths, names, env values, the submitting command line) goes through
+`slurm.quoting`: `shell_quote` in the shell part (one line whatever the value), `sbatch_quote` in
+`#SBATCH` lines (sbatch's own parser), `slurm_filename_pattern` where SLURM expands `%`.
+
+`scancel --signal=USR1 JOB` without `--batch` signals every process of the job's steps, not the batch
+shell: torchrun's agent is started through a shim that turns USR1 into the STOP file instead of dying,
+and each rank starts with USR1 ignored until the trainer installs its own handler.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.config import ConfigError
 from slurm.profile import ClusterProfile
+from slurm.quoting import sbatch_quote, shell_command_line, shell_quote, slurm_filename_pattern
 
 EXIT_REQUEUE = 3  # the trainer's "checkpoint written, requeue me" (pretrain.preemption.EXIT_REQUEUE)
 EXIT_USER_ERROR = 2  # atom's one-line user error: retrying cannot help
@@ -41,14 +46,22 @@ TORCHRUN_STAGES = ("pretrain", "midtrain")
 # Runs each rank: its output into logs/<attempt>/rank<R>.log, its exit code into rank<R>.exit, and
 # TERM/USR1 forwarded to the rank (torchrun signals the process group; srun signals every process).
 RANK_WRAPPER = r"""rank=${RANK:-${SLURM_PROCID:-0}}
-"$@" >>"$ATOM_LOG_DIR/rank$rank.log" 2>&1 &
+(trap "" USR1; exec "$@") >>"$ATOM_LOG_DIR/rank$rank.log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null' TERM INT
-trap 'kill -USR1 $pid 2>/dev/null' USR1
+trap 'touch "$ATOM_STOP_FILE"; kill -USR1 $pid 2>/dev/null' USR1
 while kill -0 $pid 2>/dev/null; do wait $pid; done
 wait $pid; rc=$?
 echo $rc >"$ATOM_LOG_DIR/rank$rank.exit"
 exit $rc"""
+
+
+# torchrun's agent dies on SIGUSR1 (default action); under this shim it writes the STOP file instead.
+TORCHRUN_SHIM = """import os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *_: open(os.environ["ATOM_STOP_FILE"], "a").close())
+from torch.distributed.run import main
+sys.argv[0] = "torchrun"
+main()"""
 
 
 @dataclass(frozen=True)
@@ -58,16 +71,6 @@ class JobSpec:
     run_dir: Path  # absolute
     workdir: Path  # the job's working directory (relative paths in the config resolve against it)
     job_name: str
-
-
-def sbatch_quote(value: str) -> str:
-    """One `#SBATCH` argument. sbatch's own parser (not a shell) splits on blanks, ends the line at an
-    unquoted '#', and inside double quotes takes `\\"` and `\\\\` as escapes: quote anything unusual."""
-    if "\n" in value or "\r" in value:
-        raise ConfigError(f"newline in an sbatch value: {value!r}")
-    if re.fullmatch(r"[A-Za-z0-9_./:=@%,+-]*", value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def job_name(prefix: str, stage: str, run_dir: Path) -> str:
@@ -92,7 +95,8 @@ def sbatch_options(profile: ClusterProfile, spec: JobSpec) -> list[str]:
         opts.append(f"--mem={profile.mem}")
     if profile.exclusive:
         opts.append("--exclusive")
-    opts += [f"--time={profile.time}", f"--chdir={spec.workdir}", f"--output={logs}/job-%j.out",
+    opts += [f"--time={profile.time}", f"--chdir={spec.workdir}",
+             f"--output={slurm_filename_pattern(str(logs))}/job-%j.out",
              "--open-mode=append", "--requeue", f"--signal=B:USR1@{profile.requeue.warn_seconds}",
              f"--comment=atom:{spec.stage}"]
     return opts + list(profile.sbatch_extra)
@@ -107,19 +111,19 @@ def _sbatch_line(option: str) -> str:
 
 def step_command(profile: ClusterProfile, spec: JobSpec) -> str:
     """The srun line (with torchrun for training stages), as it appears in the script."""
-    q = shlex.quote
+    q = shell_quote
     wrapper = ["/bin/bash", "-c", RANK_WRAPPER, "atom-rank"]
     atom = ['"$PY"', "-m", "atom", spec.stage, '"$CONFIG"']
     srun = ["srun", "--export=ALL", "--kill-on-bad-exit=1", f"--nodes={profile.nodes}", "--ntasks-per-node=1",
-            '--output="$ATOM_LOG_DIR/node%n.out"']
+            '--output="${ATOM_LOG_DIR//%/%%}/node%n.out"']
     if spec.stage in TORCHRUN_STAGES:
-        torchrun = ['"$PY"', "-m", "torch.distributed.run", '--nnodes="$SLURM_JOB_NUM_NODES"',
+        torchrun = ['"$PY"', "-c", q(TORCHRUN_SHIM, multiline=True), '--nnodes="$SLURM_JOB_NUM_NODES"',
                     f"--nproc-per-node={profile.ranks_per_node}", "--rdzv-backend=c10d",
                     '--rdzv-endpoint="$MASTER_ADDR:$RDZV_PORT"', '--rdzv-id="$SLURM_JOB_ID"', "--max-restarts=0",
                     "--no-python"]
-        parts = srun + torchrun + [q(w) for w in wrapper] + atom
+        parts = srun + torchrun + [q(w, multiline=True) for w in wrapper] + atom
     else:
-        parts = srun + [q(w) for w in wrapper] + atom
+        parts = srun + [q(w, multiline=True) for w in wrapper] + atom
     return " \\\n    ".join(_group(parts))
 
 
@@ -139,10 +143,11 @@ def _group(parts: list[str]) -> list[str]:
     return lines
 
 
-def render(profile: ClusterProfile, spec: JobSpec, submitted_by: str) -> str:
-    q = shlex.quote
+def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> str:
+    """The whole script; `submitted_by` is the argv of the command that rendered it (kept as a comment)."""
+    q = shell_quote
     r = profile.requeue
-    lines = ["#!/bin/bash", f"# Rendered by `{submitted_by}`.",
+    lines = ["#!/bin/bash", f"# Rendered by: {shell_command_line(submitted_by)}",
              f"# Resubmit by hand: sbatch {q(str(spec.run_dir / 'slurm' / 'job.sbatch'))}"]
     lines += [_sbatch_line(o) for o in sbatch_options(profile, spec)]
     lines += ["", "set -uo pipefail", "", "# --- environment (profile setup) ---"]
@@ -153,6 +158,8 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: str) -> str:
         f"CONFIG={q(str(spec.config))}",
         f"RUN_DIR={q(str(spec.run_dir))}",
         'SLURM_DIR="$RUN_DIR/slurm"',
+        'export ATOM_STOP_FILE="$RUN_DIR/STOP"',
+        f"EXPECTED_RANKS={_expected_ranks(profile, spec)}",
         f"MAX_REQUEUES={r.max_requeues}",
         f"MAX_FAILURES={r.max_failures}",
         "RESTART=${SLURM_RESTART_COUNT:-0}",
@@ -185,8 +192,15 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: str) -> str:
         'while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; done  # a trapped signal interrupts wait',
         'wait "$STEP"; rc=$?',
         "",
+        "# every rank writes its exit code as it ends; read them only once all are there (shared FS latency)",
+        "for _ in $(seq 60); do",
+        '    (( $(ls "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | wc -l) >= EXPECTED_RANKS )) && break; sleep 1',
+        "done",
         'codes=$(cat "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | sort -u | tr "\\n" " ")',
         'other=$(for c in $codes; do [[ $c != 0 && $c != ' f"{EXIT_REQUEUE}" ' ]] && echo "$c"; done)',
+        'if (( $(ls "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | wc -l) < EXPECTED_RANKS )); then',
+        '    other="$other missing"; codes="$codes missing"',
+        "fi",
         "if (( rc == 0 )); then",
         '    attempt completed 0 ""; exit 0',
         "fi",
@@ -212,6 +226,11 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _expected_ranks(profile: ClusterProfile, spec: JobSpec) -> int:
+    per_node = profile.ranks_per_node if spec.stage in TORCHRUN_STAGES else 1
+    return profile.nodes * per_node
 
 
 def _rendezvous(profile: ClusterProfile) -> list[str]:

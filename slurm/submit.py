@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from data_pipeline.config import ConfigError, ConfigModel, load_config
+from slurm.quoting import shell_quote
 from slurm.profile import ClusterProfile, check_profile, load_profile, require_slurm_commands
 from slurm.script import TORCHRUN_STAGES, JobSpec, job_name, render
 
@@ -60,7 +60,7 @@ def _data_stage_dict(config: dict[str, Any], profile: ClusterProfile) -> dict[st
         args["constraint"] = profile.constraint
     s["sbatch_args"] = args
     activate = str(Path(profile.python_path()).parent / "activate")
-    s["env_command"] = "; ".join([*profile.setup, f"source {shlex.quote(activate)}"])
+    s["env_command"] = "; ".join([*profile.setup, f"source {shell_quote(activate)}"])
     return config
 
 
@@ -105,7 +105,7 @@ def submit(stage: str, config_cls: type[ConfigModel], config_path: str, profile_
     if not dry_run:
         require_slurm_commands()
     check_profile(profile, multi_node_ok=stage in TORCHRUN_STAGES)
-    script = render(profile, spec, "atom " + " ".join(shlex.quote(a) for a in argv))
+    script = render(profile, spec, ["atom", *argv])
     script_path = slurm_dir / "job.sbatch"
     if dry_run:
         return Submission(script, script_path, None)

@@ -12,7 +12,7 @@ import yaml
 from atom import cli
 from data_pipeline.config import ConfigError
 from slurm.profile import gpu_count, load_profile
-from slurm.script import sbatch_quote
+from slurm.quoting import sbatch_quote, shell_quote, slurm_filename_pattern
 from tests.slurm.helpers import HOSTILE
 
 NO_CLUSTER = ["--profile-set", "check_cluster=false"]
@@ -52,7 +52,8 @@ def test_dry_run_prints_script_and_writes_nothing(pretrain_config: Path, tmp_pat
     assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=1" in out and "#SBATCH --requeue" in out
     assert "#SBATCH --signal=B:USR1@60" in out and "#SBATCH --partition=debug" in out
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in out
-    assert re.search(r'torch\.distributed\.run --nnodes="\$SLURM_JOB_NUM_NODES" --nproc-per-node=1 '
+    assert "from torch.distributed.run import main\n" in out  # torchrun through its USR1 shim
+    assert re.search(r"main\(\)' \\\n +--nnodes=\"\$SLURM_JOB_NUM_NODES\" --nproc-per-node=1 "
                      r'--rdzv-backend=c10d --rdzv-endpoint="\$MASTER_ADDR:\$RDZV_PORT"', out)
     assert '-m atom pretrain "$CONFIG"' in out
     assert not (tmp_path / "run").exists()  # nothing written, nothing submitted
@@ -94,8 +95,64 @@ def test_hostile_values_are_quoted(tokenize_config: Path, tmp_path: Path, capsys
 def test_sbatch_quote():
     assert sbatch_quote("/plain/path-1.out") == "/plain/path-1.out"
     assert sbatch_quote('a b"c\\d#e') == '"a b\\"c\\\\d#e"'
-    with pytest.raises(ConfigError):
-        sbatch_quote("a\nb")
+    for bad in ("a\nb", "a\rb", "a\x00b", "a\tb"):
+        with pytest.raises(ConfigError):
+            sbatch_quote(bad)
+
+
+SHELL_HOSTILE = ["", "plain", "a b", "it's", 'say "hi"', "$(touch PWNED)", "`touch PWNED`", "*", "?[a]",
+                 "x\nTOUCH=1; touch PWNED #", "cr\rhere", "tab\there", "esc\x1b[31m", "back\\slash\\n", "$'x'",
+                 "'; touch PWNED; '", "~root", "a#b", "!!", HOSTILE]
+
+
+@pytest.mark.parametrize("value", SHELL_HOSTILE)
+def test_shell_quote_reads_back_literally_on_one_line(value: str, tmp_path: Path):
+    word = shell_quote(value)
+    assert "\n" not in word and "\r" not in word
+    proc = subprocess.run(["bash", "-c", f"printf '%s' {word}"], cwd=tmp_path, capture_output=True, check=True)
+    assert proc.stdout.decode() == value
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_shell_quote_refuses_nul():
+    with pytest.raises(ConfigError, match="NUL"):
+        shell_quote("a\x00b")
+
+
+def test_submitting_command_line_cannot_inject(pretrain_config: Path, tmp_path: Path, capsys):
+    """A newline in a --set value once ended the header comment and ran the next line as shell."""
+    value = "0\ntouch PWNED #\r\n$(touch PWNED)`touch PWNED`"
+    out = dry_run(capsys, str(pretrain_config), "--stage", "pretrain", "--profile", "local",
+                  "--set", f"data.tokenizer_sha256={value}")
+    lines = out.splitlines()
+    lines = lines[lines.index("#!/bin/bash"):]
+    assert lines[1].startswith("# Rendered by: atom submit ")
+    # sbatch reads #SBATCH lines up to the first command: all of them must sit in the header block
+    header = lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    assert sum(line.startswith("#SBATCH") for line in header) == sum(line.startswith("#SBATCH") for line in lines)
+    assert all("PWNED" not in line for line in header[2:])
+    script = tmp_path / "header.sh"
+    script.write_text("\n".join(header) + "\n")
+    subprocess.run(["bash", str(script)], cwd=tmp_path, check=True)
+    assert not (tmp_path / "PWNED").exists()
+    # the comment reads back as the argv that was given
+    argv = subprocess.run(["bash", "-c", "printf '%s\\0' " + lines[1].removeprefix("# Rendered by: ")],
+                          capture_output=True, check=True).stdout.decode().split("\0")
+    assert f"data.tokenizer_sha256={value}" in argv
+
+
+def test_percent_in_run_dir_is_escaped_and_backslash_refused(tmp_path: Path, capsys):
+    from tests.pretrain.fixtures import tiny_pretrain
+
+    assert slurm_filename_pattern("/a/100%/b") == "/a/100%%/b"
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump(tiny_pretrain(tmp_path / "data", tmp_path / "run 100%j").to_dict()))
+    out = dry_run(capsys, str(path), "--stage", "pretrain", "--profile", "local")
+    assert f"#SBATCH --output={sbatch_quote(str(tmp_path / 'run 100%%j') + '/slurm/logs/job-%j.out')}" in out
+    assert '--output="${ATOM_LOG_DIR//%/%%}/node%n.out"' in out
+    path.write_text(yaml.safe_dump(tiny_pretrain(tmp_path / "data", tmp_path / "run\\x").to_dict()))
+    err = error(capsys, str(path), "--stage", "pretrain", "--profile", "local", "--dry-run", *NO_CLUSTER)
+    assert "backslash" in err
 
 
 def test_gpu_count_parses_sinfo_gres():

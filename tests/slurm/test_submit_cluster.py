@@ -132,8 +132,8 @@ def test_atom_jobs_lists_and_tails(chain):
 def preempted(slurm_cluster, dataset: Path, jobs_file: Path, tmp_path_factory) -> dict:
     """One single-node pretrain job with max_requeues=1, signalled twice, then resubmitted by hand.
 
-    attempt 0: warning signal -> checkpoint -> requeue (1 of 1); attempt 1: resumes, signal again ->
-    checkpoint -> requeue limit -> FAILED; then `sbatch run.dir/slurm/job.sbatch` by hand -> resumes and
+    attempt 0: warning signal to the batch shell -> checkpoint -> requeue (1 of 1); attempt 1: resumes,
+    USR1 to every step process -> checkpoint -> requeue limit -> FAILED; then `sbatch run.dir/slurm/job.sbatch` by hand -> resumes and
     finishes. Meanwhile an uninterrupted local run of the same config (one process both ways) runs beside it.
     """
     work = tmp_path_factory.mktemp("preempt")
@@ -152,7 +152,8 @@ def preempted(slurm_cluster, dataset: Path, jobs_file: Path, tmp_path_factory) -
     stopped = int((run_dir / "logs" / "pretrain.log").read_text().split("stopped at step ")[1].split()[0])
     wait_for(lambda: "resumed from" in (run_dir / "logs" / "pretrain.log").read_text()
              and steps_done(run_dir) >= stopped + 2, "attempt 1 training", timeout=180)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=60)
+    # this time to every process of the job's steps (torchrun's agent included), not the batch shell
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=60)
     state = wait_done(job, run_dir, timeout=180)
     listed = atom("jobs", cwd=work).stdout
     steps_at_limit = steps_done(run_dir)
