@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
-from tests.slurm.helpers import REPO, attempts, job_log, submit, wait_done
+from tests.slurm.helpers import REPO, attempts, job_log, steps_done, submit, wait_done, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -128,7 +129,9 @@ def test_hsdp_two_nodes_then_resume_on_one_process(slurm_cluster, dataset: Path,
 def test_time_limit_warning_checkpoints_requeues_and_finishes(slurm_cluster, dataset: Path, jobs_file: Path,
                                                               tmp_path: Path):
     """`--time=2` with `--signal=B:USR1@30`: SLURM sends the warning 60-90 s into the job (its timer runs
-    every 30 s); training needs longer than that, so the job must stop, requeue and resume to finish."""
+    every 30 s). Whatever the machine's speed, the first attempt cannot finish before it: once training
+    has begun, the test freezes the rank (SIGSTOP) until the batch shell reports the warning, then lets
+    it go on (SIGCONT). The rank must then checkpoint, the job requeue, and the next attempt finish."""
     steps = STEPS_CUT_BY_LIMIT
     run = tmp_path / "limited"
     cfg = tiny_pretrain(dataset, run, steps=steps, checkpoint_interval=100_000)
@@ -141,14 +144,24 @@ def test_time_limit_warning_checkpoints_requeues_and_finishes(slurm_cluster, dat
                  "--profile-set", "requeue.max_requeues=3")
     script = (run / "slurm" / "job.sbatch").read_text()
     assert "#SBATCH --time=00:02:00" in script and "#SBATCH --signal=B:USR1@30" in script
+    batch_log = run / "slurm" / "logs" / f"job-{job}.out"
+    wait_for(lambda: steps_done(run) >= 3, "attempt 0 training", timeout=180)
+    ranks = rank_pids(run / "slurm" / "config.yaml")
+    assert len(ranks) == 1, ranks
+    os.kill(ranks[0], signal.SIGSTOP)
+    try:
+        wait_for(lambda: batch_log.exists() and "atom-job: stop requested" in batch_log.read_text(),
+                 "SLURM's time-limit warning", timeout=150)
+    finally:
+        os.kill(ranks[0], signal.SIGCONT)
     state = wait_done(job, run, timeout=330)
     assert state == "COMPLETED", job_log(run, job)
 
     outcomes = [r[3] for r in attempts(run, job)]
     assert len(outcomes) >= 2 and outcomes[-1] == "completed", (outcomes, job_log(run, job))
     assert set(outcomes[:-1]) == {"preempted"}, outcomes  # stopped by the warning, never killed by the limit
-    batch_log = (run / "slurm" / "logs" / f"job-{job}.out").read_text()
-    assert "atom-job: stop requested" in batch_log and "TIME LIMIT" not in batch_log, batch_log
+    text = batch_log.read_text()
+    assert "atom-job: stop requested" in text and "TIME LIMIT" not in text, text
     log = (run / "logs" / "pretrain.log").read_text()
     assert log.count("stopped at step") == len(outcomes) - 1 and log.count("resumed from") == len(outcomes) - 1
     stopped = int(log.split("stopped at step ")[1].split()[0])
@@ -159,7 +172,22 @@ def test_time_limit_warning_checkpoints_requeues_and_finishes(slurm_cluster, dat
     assert [r["batch"] for r in records] == list(range(steps))  # no batch twice, none skipped
 
 
-# ~30 steps/s here (one rank, 2 shared cores): ~120 s of training, well past the warning at 60-90 s (the
-# first attempt stopped near step 2400 of 2500 in a trial run: too close), short enough that the second
-# attempt usually finishes before its own warning (if not, it is preempted once more, which also passes).
-STEPS_CUT_BY_LIMIT = 3600
+# The first attempt is held until the warning (see the test), so the count only sets how long the later
+# attempts train: ~10 s at ~30 steps/s on an idle machine; a loaded one may be preempted once more,
+# which also passes (max_requeues=3).
+STEPS_CUT_BY_LIMIT = 300
+
+
+def rank_pids(config: Path) -> list[int]:
+    """The training ranks of a job (`python -m atom pretrain CONFIG`), not torchrun or the wrappers."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[1:5] == ["-m", "atom", "pretrain", str(config)]:
+            found.append(int(proc.name))
+    return found
