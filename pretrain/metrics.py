@@ -1,7 +1,7 @@
 """Training metrics: JSONL (the record), TensorBoard events, the console, and a PNG at the end.
 
-The JSONL file is the source of truth; on resume it is cut back to the checkpoint's step so that a
-restarted run's file reads exactly like an uninterrupted one's.
+The JSONL file is the source of truth; on resume it is cut back to the checkpoint's step (emptied on a
+restart from scratch) so that a restarted run's file reads exactly like an uninterrupted one's.
 """
 
 from __future__ import annotations
@@ -77,15 +77,16 @@ class MetricsLogger:
         self.tb_dir = run_dir / "tensorboard"
         self._tb = None
 
-    def start(self, step: int) -> None:
-        """Begin logging after `step` (0 for a fresh run): later records from a killed run are dropped."""
+    def start(self, step: int, fresh: bool = False) -> None:
+        """Begin logging after `step`, the resumed checkpoint's: later records from a killed run are dropped.
+        `fresh` (no checkpoint, step 0): all of them are, step 0's included, which the run logs again."""
         if not self.enabled:
             return
-        truncate_jsonl(self.path, step)
+        truncate_jsonl(self.path, -1 if fresh else step)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=step + 1)
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=0 if fresh else step + 1)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

@@ -60,6 +60,9 @@ class Trainer:
         self.tokens_seen = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        # The last step's loss, aux_loss, z_loss and grad_norm: checkpointed, so a run resumed at max_steps
+        # (killed after its final checkpoint) still reports them as its final figures.
+        self.last_stats: dict = {}
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
         self.peak_flops = cfg.metrics.peak_flops_per_device
         if self.peak_flops == "measure":
@@ -74,7 +77,7 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "data": self.loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size,
-                "model": self.cfg.model.to_dict()}
+                "model": self.cfg.model.to_dict(), "last_stats": self.last_stats}
 
     def save(self, blocking: bool = True) -> Path:
         """Checkpoint now; with `blocking=False` (and checkpoint.async_save) training continues while it is
@@ -92,6 +95,7 @@ class Trainer:
         state = self.engine.load(self.checkpointer, ckpt)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.nonfinite_total = state["nonfinite_total"]
+        self.last_stats = state.get("last_stats", {})  # absent from checkpoints of older versions
         self.loader.load_state_dict(state["data"])
         if self.env.is_main:
             truncate_jsonl(self.manifest.path, self.step)
@@ -104,10 +108,12 @@ class Trainer:
         """Resume (or initialise) once; `fit` calls it, callers that evaluate first may call it earlier."""
         if self._started:
             return
+        # The records keep what the checkpoint resumed from covers and nothing more: the rest (everything,
+        # when starting from scratch) comes from an attempt killed after writing it, and is written again.
         fresh = not self.resume()
         if fresh and self.env.is_main:
-            self.manifest.write_header(self.data.describe(), self.cfg, self.loader)
-        self.metrics.start(self.step)
+            self.manifest.write_header(self.data.describe(), self.cfg, self.loader)  # replaces the file
+        self.metrics.start(self.step, fresh)
         if fresh and len(self.data.held_out.eval_windows):
             self.metrics.log(0, {"val/unigram_loss": self.data.unigram_loss()})
         self._started = True
@@ -115,7 +121,6 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         self.start()
-        last = {}
         while self.step < cfg.trainer.max_steps:
             start = time.perf_counter()
             batch = self.loader.next_batch()
@@ -128,7 +133,7 @@ class Trainer:
             step_tokens = cfg.data.global_batch * cfg.data.seq_len
             self.tokens_seen += step_tokens
             self.manifest.record(self.step, self.loader.batches_consumed - 1, step_tokens)
-            last = stats
+            self.last_stats = stats
             if self.step % cfg.metrics.log_every == 0 or self.step == cfg.trainer.max_steps:
                 self.metrics.log(self.step, self._metrics(stats, lr, elapsed, step_tokens))
             if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
@@ -141,7 +146,7 @@ class Trainer:
                 self.metrics.close()
                 raise Preempted(f"stopped at step {self.step} on {self.preemption.reason()}; checkpoint written")
         self.metrics.close()
-        return last
+        return self.last_stats
 
     def train_step(self, batch: Batch, lr: float) -> dict | None:
         """One optimizer step over this rank's micro-batches; None if the step was skipped."""

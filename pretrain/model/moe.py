@@ -128,8 +128,8 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """Router + dropless experts (+ optional always-on shared experts) replacing a layer's MLP.
 
-    Buffers, not parameters, carry load: `tokens_per_expert` accumulates for logging until
-    `reset_load()`; `pending_load` accumulates between two `update_expert_bias()` calls.
+    Buffers, not parameters, carry load, counted in training mode only: `tokens_per_expert` accumulates
+    for logging until `reset_load()`; `pending_load` accumulates between two `update_expert_bias()` calls.
     """
 
     def __init__(self, d_model: int, cfg: MoEConfig) -> None:
@@ -164,8 +164,12 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def _record_load(self, counts: torch.Tensor) -> None:
+        """Training forwards only: an evaluation between two logging steps must not show in the load they
+        log (nor in the bias update), or a run's records would depend on when it was evaluated."""
+        if not self.training:
+            return
         self.tokens_per_expert += counts
-        if self.training and self.cfg.bias_update_rate > 0:
+        if self.cfg.bias_update_rate > 0:
             self.pending_load += counts
 
     @torch.no_grad()

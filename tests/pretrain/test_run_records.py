@@ -1,0 +1,143 @@
+"""Run records (metrics.jsonl, train_tokens.jsonl, summary.json) of a killed and resumed run read like an
+uninterrupted run's: evaluation leaves the logged expert load alone, a restart drops what its checkpoint does
+not cover, and a run resumed at its end still reports the last step's figures.
+
+A kill is simulated in-process: the step after `step` raises an exception no code catches, once everything
+of `step` (records, checkpoint) is written, which is where a SIGKILL between two steps leaves a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.checkpoint import list_checkpoints
+from pretrain.metrics import read_jsonl, reproducible
+from pretrain.model.config import MoEConfig
+from pretrain.model.moe import MoE
+from pretrain.stage import run as pretrain
+from pretrain.trainer import Trainer
+from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so nothing on the way out handles it."""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_token_dataset(tmp_path_factory.mktemp("data"), max_modules=30)
+
+
+def run_killed_after(cfg, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train `cfg` until `step` is complete, then die before the next step."""
+    original = Trainer.train_step
+
+    def train_step(self, batch, lr):
+        if self.step == step:
+            raise Killed(f"killed after step {step}")
+        return original(self, batch, lr)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "train_step", train_step)
+        with pytest.raises(Killed):
+            pretrain(cfg)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [reproducible(r) for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def manifest_lines(run_dir: Path) -> list[str]:
+    return (run_dir / "train_tokens.jsonl").read_text().splitlines()
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_an_eval_mode_forward_does_not_count_toward_the_expert_load():
+    torch.manual_seed(0)
+    moe = MoE(16, MoEConfig(n_experts=4, top_k=2, expert_hidden=8, bias_update_rate=0.01))
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.normal_(std=0.1)  # the experts' weights are allocated, not initialised, by the module
+    moe(torch.randn(10, 16))
+    trained = moe.tokens_per_expert.clone()
+    pending = moe.pending_load.clone()
+    assert trained.sum() == 20
+    moe.eval()
+    with torch.no_grad():
+        moe(torch.randn(30, 16))
+    assert torch.equal(moe.tokens_per_expert, trained) and torch.equal(moe.pending_load, pending)
+
+
+def test_evaluation_every_step_leaves_the_logged_expert_load_alone(dataset: Path, tmp_path: Path):
+    evaluated = tiny_pretrain(dataset, tmp_path / "eval", steps=4)
+    evaluated.trainer.eval_every = 1
+    plain = tiny_pretrain(dataset, tmp_path / "plain", steps=4)
+    plain.trainer.eval_every = None
+    pretrain(evaluated)
+    pretrain(plain)
+    with_eval = [r for r in metrics(tmp_path / "eval") if "loss" in r]
+    without = [r for r in metrics(tmp_path / "plain") if "loss" in r]
+    assert [r["step"] for r in with_eval] == [2, 4] and any(k.startswith("moe/layer") for k in with_eval[0])
+    assert with_eval == without  # the expert shares included, though validation ran between the steps
+    assert sum("val/loss" in r for r in metrics(tmp_path / "eval")) == 4
+
+
+def test_kill_after_an_evaluation_and_resume_logs_the_uninterrupted_records(dataset: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    """Steps 2 and 4 log, evaluate and checkpoint; killed after step 3, the run resumes from step 2, whose
+    evaluation the uninterrupted run's step-4 expert load must not have counted either."""
+    def cfg(run_dir: Path):
+        c = tiny_pretrain(dataset, run_dir, steps=6, checkpoint_interval=2)
+        c.trainer.eval_every = 2
+        return c
+
+    pretrain(cfg(tmp_path / "whole"))
+    run_killed_after(cfg(tmp_path / "killed"), 3, monkeypatch)
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints")[0].step == 2
+    pretrain(cfg(tmp_path / "killed"))
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+    assert summary(tmp_path / "killed") == summary(tmp_path / "whole")
+
+
+def test_kill_before_the_first_checkpoint_and_restart_logs_step_zero_once(dataset: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    def cfg(run_dir: Path):
+        return tiny_pretrain(dataset, run_dir, steps=4, checkpoint_interval=4)
+
+    pretrain(cfg(tmp_path / "whole"))
+    run_killed_after(cfg(tmp_path / "killed"), 2, monkeypatch)
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints") == []
+    assert [r["step"] for r in metrics(tmp_path / "killed")] == [0, 2]  # what the kill left behind
+    pretrain(cfg(tmp_path / "killed"))
+    whole = metrics(tmp_path / "whole")
+    assert [r["step"] for r in whole] == [0, 2, 4] and "val/unigram_loss" in whole[0]
+    assert metrics(tmp_path / "killed") == whole
+    assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+    assert summary(tmp_path / "killed") == summary(tmp_path / "whole")
+
+
+def test_resume_after_the_final_checkpoint_keeps_the_final_figures(dataset: Path, tmp_path: Path):
+    """Killed once the last checkpoint is written but before summary.json: the restart resumes at
+    max_steps, trains nothing, and must still report the last step's figures."""
+    def cfg(run_dir: Path):
+        return tiny_pretrain(dataset, run_dir, steps=4, checkpoint_interval=2)
+
+    pretrain(cfg(tmp_path / "whole"))
+    pretrain(cfg(tmp_path / "killed"))
+    (tmp_path / "killed" / "summary.json").unlink()
+    resumed = pretrain(cfg(tmp_path / "killed"))
+    expected = summary(tmp_path / "whole")
+    assert set(expected["final"]) >= {"loss", "aux_loss", "z_loss", "grad_norm"}
+    assert resumed == expected and summary(tmp_path / "killed") == expected
+    last_logged = read_jsonl(tmp_path / "whole" / "metrics.jsonl")[-1]
+    assert all(last_logged[k] == v for k, v in expected["final"].items())
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
