@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from data_pipeline.config import ConfigError, ConfigModel, load_config
-from slurm.quoting import shell_quote
 from slurm.profile import ClusterProfile, check_profile, load_profile, require_slurm_commands
+from slurm.quoting import shell_quote
 from slurm.script import TORCHRUN_STAGES, JobSpec, job_name, render
 
 

@@ -133,8 +133,9 @@ def preempted(slurm_cluster, dataset: Path, jobs_file: Path, tmp_path_factory) -
     """One single-node pretrain job with max_requeues=1, signalled twice, then resubmitted by hand.
 
     attempt 0: warning signal to the batch shell -> checkpoint -> requeue (1 of 1); attempt 1: resumes,
-    USR1 to every step process -> checkpoint -> requeue limit -> FAILED; then `sbatch run.dir/slurm/job.sbatch` by hand -> resumes and
-    finishes. Meanwhile an uninterrupted local run of the same config (one process both ways) runs beside it.
+    USR1 to every step process -> checkpoint -> requeue limit -> FAILED; then
+    `sbatch run.dir/slurm/job.sbatch` by hand -> resumes and finishes. Meanwhile an uninterrupted local
+    run of the same config (one process both ways) runs beside it.
     """
     work = tmp_path_factory.mktemp("preempt")
     steps = 100
