@@ -3,7 +3,7 @@
     DIR/
       README.md                  model card (generated from release.json alone)
       release.json               what the release is: model, weights' origin, lineage, data, versions
-      config.json, model.safetensors, generation_config.json      Hugging Face Qwen3-MoE format
+      config.json, model.safetensors, generation_config.json      Hugging Face Qwen3-MoE (Dots1: sigmoid router) format
       tokenizer.json, tokenizer_config.json, special_tokens_map.json
       metrics.png                the released stage's loss/throughput plot
       lineage/NN-KIND/           one directory per stage, oldest first (pretrain, midtrain, ...):

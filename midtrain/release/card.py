@@ -28,6 +28,17 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), json.dumps(tree) if isinstance(tree, (list, dict)) else tree)]
 
 
+# the card's model_type tag; every other architecture keeps the tag earlier cards have (audit re-renders them)
+MODEL_TYPE_TAGS = {"Dots1ForCausalLM": "dots1"}
+
+
+def _router(moe: dict[str, Any]) -> str:
+    """How the router scores experts (releases from before `score_func` existed are softmax)."""
+    scoring = ("sigmoid" if moe.get("score_func") == "sigmoid"
+               else f"softmax {moe['softmax_order'].replace('_', ' ')}")
+    return f"{scoring}, renormalised {moe['normalize_weights']}"
+
+
 def _architecture(model: dict[str, Any]) -> list[str]:
     c = model["config"]
     moe = c.get("moe")
@@ -40,8 +51,7 @@ def _architecture(model: dict[str, Any]) -> list[str]:
     if moe:
         rows += [["experts (top-k)", f"{moe['n_experts']} (top-{moe['top_k']}), hidden {moe['expert_hidden']}"],
                  ["dense layers first", moe["first_k_dense"]],
-                 ["router", f"softmax {moe['softmax_order'].replace('_', ' ')}, "
-                            f"renormalised {moe['normalize_weights']}"]]
+                 ["router", _router(moe)]]
     else:
         rows += [["MLP hidden (dense)", c["mlp_hidden"]]]
     rows += [["parameters (total)", model["params_total"]], ["parameters (active per token)", model["params_active"]],
@@ -71,7 +81,8 @@ def render_card(release: dict[str, Any]) -> str:
     model, stages = release["model"], release["stages"]
     licenses = sorted({lic for s in stages for e in s["trained_documents"]["by_source"].values()
                        for lic in e["licenses"]})
-    out = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [atom, moe, qwen3_moe]",
+    out = ["---", "library_name: transformers", "pipeline_tag: text-generation",
+           f"tags: [atom, moe, {MODEL_TYPE_TAGS.get(model['architecture'], 'qwen3_moe')}]",
            f"datasets_licenses: [{', '.join(licenses)}]", "---", "", f"# {release['name']}", "",
            f"A {_n(model['params_total'])}-parameter mixture-of-experts language model "
            f"({_n(model['params_active'])} active per token), trained by the atom pipeline in "

@@ -47,6 +47,8 @@ class MoEConfig(ConfigModel):
     n_shared_experts: int = Field(0, ge=0)  # always-on experts every token passes through
     shared_expert_hidden: int | None = Field(None, gt=0)  # defaults to expert_hidden
     first_k_dense: int = Field(0, ge=0)  # the first layers keep a dense MLP (routing is unstable early)
+    # Router scores: softmax over the experts (Qwen3-MoE, OLMoE) or a sigmoid per expert (DeepSeek-V3, torchtitan)
+    score_func: Literal["softmax", "sigmoid"] = "softmax"
     softmax_order: Literal["before_topk", "after_topk"] = "before_topk"
     normalize_weights: bool = False  # rescale the kept top-k probabilities to sum to one
     aux_loss_weight: float = Field(0.01, ge=0)
@@ -58,6 +60,8 @@ class MoEConfig(ConfigModel):
     def _check(self) -> MoEConfig:
         if self.top_k > self.n_experts:
             raise ValueError(f"moe.top_k={self.top_k} must be <= moe.n_experts={self.n_experts}")
+        if self.score_func == "sigmoid" and self.softmax_order != "before_topk":
+            raise ValueError("moe.softmax_order=after_topk applies to softmax scoring only, not moe.score_func=sigmoid")
         return self
 
     @property

@@ -1,14 +1,23 @@
-"""Export to, and import from, Hugging Face format as Qwen3MoeForCausalLM (Qwen3ForCausalLM if dense).
+"""Export to, and import from, Hugging Face format: Qwen3MoeForCausalLM for softmax routing,
+Dots1ForCausalLM for sigmoid routing (with or without a selection bias), Qwen3ForCausalLM if dense.
 
-Why Qwen3-MoE: of the MoE architectures `transformers` ships, it maps our model most directly:
+Why Qwen3-MoE: of the MoE architectures `transformers` ships, it maps our softmax router most directly:
 per-head QK RMSNorm, a free head_dim, GQA, softmax-then-top-k routing with optional renormalisation,
 dense layers before the MoE ones (`mlp_only_layers` with their own `intermediate_size`), YaRN and
 linear RoPE scaling, tied or untied head. (OLMoE normalises q/k over all heads together and has no
-dense layers.) What it cannot express is refused with an error naming the config key: shared
-experts, no QK-norm, and a non-zero expert selection bias (aux-loss-free balancing).
+dense layers.) It has neither shared experts nor a selection bias.
+
+Why Dots1 for sigmoid routing: it is Qwen3's attention (per-head QK norm, GQA) with DeepSeek-V3's
+router: sigmoid scores, `e_score_correction_bias` added for selection only, optional renormalisation
+(group-limited routing off with n_group=topk_group=1, routed_scaling_factor=1), shared experts and
+`first_k_dense_replace` dense layers. So the auxiliary-loss-free balancing of DeepSeek-V3 and torchtitan
+(sigmoid scores + a moving bias) is released exactly. No architecture in transformers combines softmax
+scores, a selection bias and per-head QK norm (ERNIE-4.5-MoE has the first two but no QK norm), so a
+softmax router whose bias moved is refused; what else cannot be expressed is refused with an error
+naming the config key.
 
 Checkpoints are written with one tensor per expert (`mlp.experts.{e}.gate_proj.weight`), the layout
-of the published Qwen3-MoE checkpoints that transformers, vLLM and SGLang all read.
+of the published Qwen3-MoE and dots.llm1 checkpoints that transformers, vLLM and SGLang all read.
 Our full config travels in config.json under `atom_config`, so an import restores training-only
 settings (loss weights, backend) too; a checkpoint without it is mapped from the HF fields.
 """
@@ -30,22 +39,35 @@ ATOM_KEY = "atom_config"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def uses_dots1(cfg: MoEModelConfig) -> bool:
+    """Sigmoid-scored MoE models export as Dots1ForCausalLM, softmax-scored ones as Qwen3MoeForCausalLM."""
+    return cfg.moe is not None and cfg.moe.score_func == "sigmoid"
+
+
 def check_exportable(model: Transformer) -> None:
-    """Raise ConfigError naming the first setting Qwen3(-MoE) cannot represent."""
-    cfg = model.cfg
+    """Raise ConfigError naming the first setting the target architecture cannot represent."""
+    cfg, moe = model.cfg, model.cfg.moe
     if not cfg.qk_norm:
-        raise ConfigError("qk_norm=false: Qwen3 always applies per-head QK RMSNorm; cannot export faithfully")
-    if cfg.moe is not None and cfg.moe.n_shared_experts:
-        raise ConfigError(f"moe.n_shared_experts={cfg.moe.n_shared_experts}: Qwen3MoeForCausalLM has no "
-                          "shared experts; cannot export faithfully")
-    for i, moe in model.moe_layers().items():
-        if moe.router.expert_bias.abs().max() > 0:
-            raise ConfigError(f"moe.bias_update_rate: layer {i} has a non-zero expert selection bias, which "
-                              "Qwen3MoeForCausalLM cannot represent (routing would change)")
+        raise ConfigError("qk_norm=false: Qwen3 and Dots1 always apply per-head QK RMSNorm; cannot export faithfully")
+    if moe is None:
+        return
+    if moe.score_func == "sigmoid":
+        if moe.n_shared_experts and moe.shared_hidden != moe.expert_hidden:
+            raise ConfigError(f"moe.shared_expert_hidden={moe.shared_hidden}: Dots1ForCausalLM sizes shared experts "
+                              f"as moe.expert_hidden={moe.expert_hidden}; cannot export faithfully")
+        return
+    if moe.n_shared_experts:
+        raise ConfigError(f"moe.n_shared_experts={moe.n_shared_experts}: Qwen3MoeForCausalLM has no shared experts "
+                          "(Dots1ForCausalLM has, for moe.score_func=sigmoid); cannot export faithfully")
+    for i, layer in model.moe_layers().items():
+        if layer.router.expert_bias.abs().max() > 0:
+            raise ConfigError(f"moe.bias_update_rate: layer {i} has a non-zero expert selection bias under "
+                              "moe.score_func=softmax; no transformers architecture has softmax scores, a selection "
+                              "bias and per-head QK norm (train with moe.score_func=sigmoid: exported as Dots1)")
 
 
 def hf_config(cfg: MoEModelConfig) -> dict[str, Any]:
-    """The config.json fields of the Qwen3 / Qwen3-MoE equivalent of `cfg`."""
+    """The config.json fields of the Qwen3 / Qwen3-MoE / Dots1 equivalent of `cfg`."""
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope.theta}
     if cfg.rope.scaling == "linear":
         rope.update(rope_type="linear", factor=cfg.rope.factor)
@@ -62,6 +84,16 @@ def hf_config(cfg: MoEModelConfig) -> dict[str, Any]:
     if cfg.moe is None:
         return {**out, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}
     moe = cfg.moe
+    if uses_dots1(cfg):
+        return {
+            **out, "model_type": "dots1", "architectures": ["Dots1ForCausalLM"],
+            "n_routed_experts": moe.n_experts, "num_experts_per_tok": moe.top_k,
+            "moe_intermediate_size": moe.expert_hidden, "n_shared_experts": moe.n_shared_experts,
+            "first_k_dense_replace": moe.first_k_dense, "norm_topk_prob": moe.normalize_weights,
+            # one expert group holding all experts: DeepSeek-V3's group-limited routing off, weights unscaled
+            "n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.0,
+            "sliding_window": None, "layer_types": ["full_attention"] * cfg.n_layers,
+        }
     return {
         **out, "model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
         "num_experts": moe.n_experts, "num_experts_per_tok": moe.top_k,
@@ -77,16 +109,22 @@ def _hf_key_pairs(cfg: MoEModelConfig) -> list[tuple[str, str]]:
     pairs = [("embed.weight", "model.embed_tokens.weight"), ("norm.weight", "model.norm.weight")]
     if not cfg.tie_embeddings:
         pairs.append(("lm_head.weight", "lm_head.weight"))
+    shared = cfg.moe.n_shared_experts if cfg.moe is not None else 0
     for i in range(cfg.n_layers):
         ours, hf = f"layers.{i}.", f"model.layers.{i}."
         pairs += [(ours + "attn_norm.weight", hf + "input_layernorm.weight"),
                   (ours + "mlp_norm.weight", hf + "post_attention_layernorm.weight")]
         pairs += [(f"{ours}attn.{p}.weight", f"{hf}self_attn.{p}.weight")
                   for p in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")]
-        if cfg.is_moe_layer(i):
-            pairs.append((ours + "mlp.router.gate.weight", hf + "mlp.gate.weight"))
-        else:
-            pairs += [(f"{ours}mlp.{p}.weight", f"{hf}mlp.{p}.weight") for p in ("gate_proj", "up_proj", "down_proj")]
+        mlp = ("gate_proj", "up_proj", "down_proj")
+        if not cfg.is_moe_layer(i):
+            pairs += [(f"{ours}mlp.{p}.weight", f"{hf}mlp.{p}.weight") for p in mlp]
+            continue
+        pairs.append((ours + "mlp.router.gate.weight", hf + "mlp.gate.weight"))
+        if uses_dots1(cfg):
+            pairs.append((ours + "mlp.router.expert_bias", hf + "mlp.gate.e_score_correction_bias"))
+        if shared:
+            pairs += [(f"{ours}mlp.shared_experts.{p}.weight", f"{hf}mlp.shared_experts.{p}.weight") for p in mlp]
     return pairs
 
 
@@ -103,6 +141,10 @@ def export_hf(model: Transformer, out_dir: str | Path) -> Path:
             prefix = f"model.layers.{i}.mlp.experts.{e}."
             tensors |= {prefix + "gate_proj.weight": gate[e], prefix + "up_proj.weight": up[e],
                         prefix + "down_proj.weight": moe.experts.down_proj.detach()[e]}
+        if uses_dots1(cfg) and not moe.cfg.n_shared_experts:  # Dots1 always builds them: zero-width, adding 0
+            prefix, d = f"model.layers.{i}.mlp.shared_experts.", cfg.d_model
+            tensors |= {prefix + "gate_proj.weight": torch.zeros(0, d), prefix + "up_proj.weight": torch.zeros(0, d),
+                        prefix + "down_proj.weight": torch.zeros(d, 0)}
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, out_dir / WEIGHTS_FILE,
               metadata={"format": "pt"})
     config = {**hf_config(cfg), "dtype": str(ours["embed.weight"].dtype).removeprefix("torch."),
@@ -112,7 +154,7 @@ def export_hf(model: Transformer, out_dir: str | Path) -> Path:
 
 
 def config_from_hf(hf: dict[str, Any]) -> MoEModelConfig:
-    """Our config for a Qwen3 / Qwen3-MoE config.json (ours verbatim when it carries `atom_config`)."""
+    """Our config for a Qwen3 / Qwen3-MoE / Dots1 config.json (ours verbatim when it carries `atom_config`)."""
     if ATOM_KEY in hf:
         return MoEModelConfig.model_validate(hf[ATOM_KEY])
     if hf.get("attention_bias") or hf.get("use_sliding_window") or hf.get("decoder_sparse_step", 1) != 1:
@@ -127,8 +169,9 @@ def config_from_hf(hf: dict[str, Any]) -> MoEModelConfig:
                       original_max_position=rope_hf.get("original_max_position_embeddings"),
                       beta_fast=rope_hf.get("beta_fast") or 32.0, beta_slow=rope_hf.get("beta_slow") or 1.0)
     moe = None
-    n_experts = hf.get("num_experts") or hf.get("num_local_experts") or 0
-    if n_experts:
+    if hf.get("model_type") == "dots1":
+        moe = _dots1_moe(hf)
+    elif n_experts := hf.get("num_experts") or hf.get("num_local_experts") or 0:
         dense = hf.get("mlp_only_layers") or []
         if dense != list(range(len(dense))):
             raise ConfigError(f"config.json: mlp_only_layers={dense} must be the first layers")
@@ -141,6 +184,20 @@ def config_from_hf(hf: dict[str, Any]) -> MoEModelConfig:
         mlp_hidden=hf["intermediate_size"] or None, rope=rope, qk_norm=True,
         tie_embeddings=hf.get("tie_word_embeddings", False), norm_eps=hf["rms_norm_eps"],
         init_std=hf.get("initializer_range", 0.02), max_seq_len=hf["max_position_embeddings"], moe=moe)
+
+
+def _dots1_moe(hf: dict[str, Any]) -> MoEConfig:
+    """Our sigmoid-scored MoE for a Dots1 config.json; group-limited routing and scaled weights are refused."""
+    if hf.get("topk_group", 1) != hf.get("n_group", 1) or hf.get("routed_scaling_factor", 1.0) != 1.0:
+        raise ConfigError(f"config.json: n_group={hf.get('n_group')}, topk_group={hf.get('topk_group')}, "
+                          f"routed_scaling_factor={hf.get('routed_scaling_factor')}: group-limited routing and "
+                          "scaled expert weights have no equivalent in our model")
+    if "sliding_attention" in (hf.get("layer_types") or []):
+        raise ConfigError("config.json: layer_types has sliding_attention layers; our model has no sliding windows")
+    return MoEConfig(n_experts=hf["n_routed_experts"], top_k=hf["num_experts_per_tok"],
+                     expert_hidden=hf["moe_intermediate_size"], n_shared_experts=hf.get("n_shared_experts") or 0,
+                     first_k_dense=hf.get("first_k_dense_replace", 0), score_func="sigmoid",
+                     normalize_weights=hf.get("norm_topk_prob", False))
 
 
 def import_hf(path: str | Path) -> Transformer:
@@ -160,7 +217,8 @@ def import_hf(path: str | Path) -> Transformer:
         state[f"layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
             [torch.cat([hf[f"{prefix}{e}.gate_proj.weight"], hf[f"{prefix}{e}.up_proj.weight"]]) for e in experts])
         state[f"layers.{i}.mlp.experts.down_proj"] = torch.stack([hf[f"{prefix}{e}.down_proj.weight"] for e in experts])
-        state[f"layers.{i}.mlp.router.expert_bias"] = torch.zeros(cfg.moe.n_experts)  # exported only when zero
+        if not uses_dots1(cfg):
+            state[f"layers.{i}.mlp.router.expert_bias"] = torch.zeros(cfg.moe.n_experts)  # exported only when zero
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]
     model = Transformer(cfg)

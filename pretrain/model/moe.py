@@ -2,8 +2,9 @@
 
 Dropless means no capacity factor: tokens are sorted by expert and each expert multiplies however
 many rows it received, through one grouped GEMM (`torch._grouped_mm`) over variable-sized groups.
-Load balance comes from an auxiliary loss, optionally from a per-expert selection bias updated from
-observed load (auxiliary-loss-free balancing, DeepSeek-V3), and the router z-loss keeps logits small.
+Scores are a softmax over the experts or a sigmoid per expert. Load balance comes from an auxiliary
+loss, optionally from a per-expert selection bias updated from observed load (auxiliary-loss-free
+balancing, DeepSeek-V3), and the router z-loss keeps logits small.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class Routing:
 class Router(nn.Module):
     """Token-choice top-k gate.
 
-    `softmax_order` picks between softmax over all experts then top-k (weights are probabilities,
-    optionally renormalised over the kept k) and top-k on logits then softmax over the k (weights
-    always sum to one). The `expert_bias` buffer shifts only which experts are *selected*, never the
-    weights: that is what lets it balance load without distorting the output (DeepSeek-V3).
+    With softmax scoring, `softmax_order` picks between softmax over all experts then top-k (weights are
+    probabilities, optionally renormalised over the kept k) and top-k on logits then softmax over the k
+    (weights always sum to one). With sigmoid scoring (DeepSeek-V3) each expert's score is sigmoid(logit),
+    independent of the others; the kept scores are the weights, optionally renormalised over the k.
+    The `expert_bias` buffer shifts only which experts are *selected*, never the weights: that is what
+    lets it balance load without distorting the output (DeepSeek-V3).
     """
 
     def __init__(self, d_model: int, cfg: MoEConfig) -> None:
@@ -47,28 +50,34 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Routing:
         logits = self.gate(x).float()
-        if self.cfg.softmax_order == "before_topk":
-            probs = logits.softmax(dim=-1)
-            experts = torch.topk(probs + self.expert_bias, self.cfg.top_k, dim=-1).indices
-            weights = probs.gather(-1, experts)
-            if self.cfg.normalize_weights:
-                weights = weights / weights.sum(dim=-1, keepdim=True)
-        else:
+        if self.cfg.score_func == "softmax" and self.cfg.softmax_order == "after_topk":
             experts = torch.topk(logits + self.expert_bias, self.cfg.top_k, dim=-1).indices
             weights = logits.gather(-1, experts).softmax(dim=-1)
+        else:
+            scores = logits.softmax(dim=-1) if self.cfg.score_func == "softmax" else logits.sigmoid()
+            experts = torch.topk(scores + self.expert_bias, self.cfg.top_k, dim=-1).indices
+            weights = scores.gather(-1, experts)
+            if self.cfg.normalize_weights:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
         return Routing(experts, weights.to(x.dtype), logits)
 
 
-def load_balancing_loss(logits: torch.Tensor, experts: torch.Tensor, n_experts: int) -> torch.Tensor:
+def load_balancing_loss(logits: torch.Tensor, experts: torch.Tensor, n_experts: int,
+                        score_func: str = "softmax") -> torch.Tensor:
     """Switch-Transformer auxiliary loss: n_experts * sum_e f_e * P_e, which is 1 when balanced.
 
     f_e is the fraction of routed (token, slot) pairs that went to expert e (not differentiable),
     P_e the mean router probability of e (differentiable): the gradient lowers the probability of
-    experts that receive more than their share.
+    experts that receive more than their share. Sigmoid scores are normalised over the experts into
+    probabilities first (DeepSeek-V3's balance loss).
     """
     fraction = torch.bincount(experts.flatten(), minlength=n_experts).float() / experts.numel()
-    mean_prob = logits.softmax(dim=-1).mean(dim=0)
-    return n_experts * (fraction * mean_prob).sum()
+    if score_func == "softmax":
+        probs = logits.softmax(dim=-1)
+    else:
+        scores = logits.sigmoid()
+        probs = scores / scores.sum(dim=-1, keepdim=True)
+    return n_experts * (fraction * probs.mean(dim=0)).sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -159,7 +168,7 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
 
-        aux = load_balancing_loss(routing.logits, routing.experts, self.cfg.n_experts)
+        aux = load_balancing_loss(routing.logits, routing.experts, self.cfg.n_experts, self.cfg.score_func)
         return out.view(shape), aux, router_z_loss(routing.logits)
 
     @torch.no_grad()

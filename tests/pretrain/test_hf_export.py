@@ -1,4 +1,4 @@
-"""Hugging Face export: transformers' Qwen3-MoE / Qwen3 loaded from our export gives our logits."""
+"""Hugging Face export: transformers' Qwen3-MoE / Dots1 / Qwen3 loaded from our export gives our logits."""
 
 from __future__ import annotations
 
@@ -76,16 +76,74 @@ def test_import_of_a_plain_transformers_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("overrides", "key"), [
     (("moe.n_shared_experts=1",), "moe.n_shared_experts"),
     (("qk_norm=false",), "qk_norm"),
+    (("moe.score_func=sigmoid", "moe.n_shared_experts=1", "moe.shared_expert_hidden=64"), "moe.shared_expert_hidden"),
 ])
 def test_unsupported_configs_are_refused(tmp_path: Path, overrides: tuple[str, ...], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         export_hf(_model("tiny_moe", *overrides), tmp_path)
 
 
-def test_nonzero_expert_bias_is_refused(tmp_path: Path) -> None:
+def test_nonzero_expert_bias_is_refused_under_softmax_scoring(tmp_path: Path) -> None:
     model = _model("tiny_moe", "moe.bias_update_rate=0.001")
     export_hf(model, tmp_path / "zero_bias")  # a bias that never moved changes nothing: allowed
     with torch.no_grad():
         model.layers[2].mlp.router.expert_bias[0] = 0.1
-    with pytest.raises(ConfigError, match="moe.bias_update_rate: layer 2"):
+    with pytest.raises(ConfigError, match="moe.bias_update_rate: layer 2.*moe.score_func=sigmoid"):
         export_hf(model, tmp_path / "moved_bias")
+
+
+def _biased(*overrides: str) -> torch.nn.Module:
+    """A sigmoid-scored model whose selection bias moved as aux-loss-free balancing moves it."""
+    model = _model("tiny_moe", "moe.score_func=sigmoid", "moe.bias_update_rate=0.001", *overrides)
+    with torch.no_grad():
+        for moe in model.moe_layers().values():
+            moe.router.expert_bias.copy_(torch.randn(moe.cfg.n_experts) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("overrides", [
+    (),
+    ("moe.n_shared_experts=2", "moe.normalize_weights=true", "moe.first_k_dense=0", "tie_embeddings=true",
+     "n_kv_heads=1", "rope.scaling=yarn", "rope.factor=4", "rope.original_max_position=128"),
+])
+def test_biased_router_exports_as_dots1_and_round_trips(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    model = _biased(*overrides)
+    tokens = torch.randint(0, 1024, (2, 48))
+    with torch.no_grad():
+        ours = model(tokens).logits
+        biases = {i: moe.router.expert_bias.clone() for i, moe in model.moe_layers().items()}
+        for moe in model.moe_layers().values():
+            moe.router.expert_bias.zero_()
+        assert (model(tokens).logits - ours).abs().max() > 1e-3  # the bias changes routing: it must travel
+        for i, moe in model.moe_layers().items():
+            moe.router.expert_bias.copy_(biases[i])
+    out = export_hf(model, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Dots1ForCausalLM"]
+    assert (ours - _hf_logits(out, tokens)).abs().max() <= 1e-4
+    back = import_hf(out).eval()
+    assert back.cfg == model.cfg
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in back.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(back(tokens).logits, ours)
+
+
+def test_import_of_a_plain_transformers_dots1_checkpoint(tmp_path: Path) -> None:
+    """A Dots1 checkpoint saved by transformers itself maps back, bias included, through the HF fields."""
+    from transformers import AutoModelForCausalLM
+
+    model = _biased("moe.normalize_weights=true")
+    AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "ours"), dtype=torch.float32).save_pretrained(
+        tmp_path / "resaved")
+    config_path = tmp_path / "resaved" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop(ATOM_KEY, None)
+    config_path.write_text(json.dumps(config))
+    tokens = torch.randint(0, 1024, (1, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(import_hf(tmp_path / "resaved").eval()(tokens).logits, model(tokens).logits,
+                                   atol=0, rtol=0)
+    config["routed_scaling_factor"] = 2.5
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="routed_scaling_factor"):
+        import_hf(tmp_path / "resaved")

@@ -104,8 +104,31 @@ def test_router_weight_modes() -> None:
     torch.testing.assert_close(after.weights.sum(-1), torch.ones(20))
 
 
-def test_bias_balancing_moves_load_toward_uniform() -> None:
-    moe = _moe(bias_update_rate=0.01).train()
+def test_sigmoid_router_weights_are_the_chosen_scores() -> None:
+    """DeepSeek-V3 scoring: sigmoid per expert, the bias picks the experts, the unbiased scores weigh them."""
+    x = torch.randn(20, 32)
+    moe = _moe(score_func="sigmoid")
+    with torch.no_grad():
+        moe.router.expert_bias.copy_(torch.linspace(-0.2, 0.2, 8))
+    routing = moe.router(x)
+    scores = routing.logits.sigmoid()
+    assert torch.equal(routing.experts, (scores + moe.router.expert_bias).topk(2).indices)
+    torch.testing.assert_close(routing.weights, scores.gather(-1, routing.experts))
+    normalized = _moe(score_func="sigmoid", normalize_weights=True).router(x)
+    torch.testing.assert_close(normalized.weights.sum(-1), torch.ones(20))
+    # the balance loss sees the sigmoid scores normalised over experts: rows (3/4, 1/4) as in the softmax case
+    ln3 = math.log(3)
+    logits = torch.tensor([[ln3, -ln3], [ln3, -ln3], [ln3, -ln3], [-ln3, ln3]])
+    expected_aux = 2 * (0.75 * 0.625 + 0.25 * 0.375)
+    aux = load_balancing_loss(logits, logits.topk(1).indices, 2, "sigmoid")
+    assert math.isclose(aux.item(), expected_aux, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="moe.softmax_order=after_topk"):
+        MoEConfig(n_experts=8, top_k=2, expert_hidden=8, score_func="sigmoid", softmax_order="after_topk")
+
+
+@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
+def test_bias_balancing_moves_load_toward_uniform(score_func: str) -> None:
+    moe = _moe(bias_update_rate=0.01, score_func=score_func).train()
     torch.manual_seed(1)
     skew = torch.randn(32)
     with torch.no_grad():
