@@ -245,6 +245,35 @@ def test_release_of_a_lineage(trained: dict[str, Path], tmp_path: Path) -> None:
     assert parent_checkpoint(trained["run"], {}) is None
 
 
+def test_release_of_a_run_balanced_by_selection_bias(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Auxiliary-loss-free balancing (sigmoid scores + a moving selection bias, DeepSeek-V3's default) is
+    released as Dots1: transformers gives the trained model's logits, the bias included, and the audit passes."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from pretrain.config import PretrainConfig
+    from pretrain.engine import _AppState
+    from pretrain.model.config import MoEModelConfig
+    from pretrain.model.hf_export import import_hf
+    from pretrain.stage import run
+
+    base = tiny_pretrain(trained["data"], tmp_path / "biased", steps=4).to_dict()
+    base["model"]["moe"] |= {"score_func": "sigmoid", "bias_update_rate": 0.01, "aux_loss_weight": 0.0}
+    run(PretrainConfig.model_validate(base))
+    rel = build_release(tmp_path / "biased", tmp_path / "rel")
+    assert json.loads((rel / "release.json").read_text())["model"]["architecture"] == "Dots1ForCausalLM"
+    ours = MoEModelConfig.model_validate(base["model"]).build().eval()
+    dcp.load({"app": _AppState(ours, None)}, checkpoint_id=str(tmp_path / "biased/checkpoints/step_00000004/dcp"))
+    assert all(moe.router.expert_bias.abs().max() > 0 for moe in ours.moe_layers().values())  # the bias moved
+    hf = AutoModelForCausalLM.from_pretrained(rel, local_files_only=True, dtype=torch.float32).eval()
+    ids = torch.randint(0, ours.cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        assert (hf(ids).logits - ours(ids).logits).abs().max() <= 1e-4
+        assert torch.equal(import_hf(rel).eval()(ids).logits, ours(ids).logits)
+    report = audit_release(rel)
+    assert report.ok, failures(report)
+
+
 def test_bad_input_exits_2_and_leaves_nothing(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()
