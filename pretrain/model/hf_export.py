@@ -142,9 +142,9 @@ def export_hf(model: Transformer, out_dir: str | Path) -> Path:
             tensors |= {prefix + "gate_proj.weight": gate[e], prefix + "up_proj.weight": up[e],
                         prefix + "down_proj.weight": moe.experts.down_proj.detach()[e]}
         if uses_dots1(cfg) and not moe.cfg.n_shared_experts:  # Dots1 always builds them: zero-width, adding 0
-            prefix, d = f"model.layers.{i}.mlp.shared_experts.", cfg.d_model
-            tensors |= {prefix + "gate_proj.weight": torch.zeros(0, d), prefix + "up_proj.weight": torch.zeros(0, d),
-                        prefix + "down_proj.weight": torch.zeros(d, 0)}
+            prefix, empty = f"model.layers.{i}.mlp.shared_experts.", gate.new_zeros(0, cfg.d_model)
+            tensors |= {prefix + "gate_proj.weight": empty, prefix + "up_proj.weight": empty,
+                        prefix + "down_proj.weight": empty.T}
     save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, out_dir / WEIGHTS_FILE,
               metadata={"format": "pt"})
     config = {**hf_config(cfg), "dtype": str(ours["embed.weight"].dtype).removeprefix("torch."),
