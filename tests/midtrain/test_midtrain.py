@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import torch
 
 from data_pipeline.config import ConfigError, RunConfig
 from midtrain.config import MidtrainConfig, find_parent
+from midtrain.evals import Generator
 from midtrain.soup import SoupConfig, load_model_state
 from midtrain.soup import run as soup
 from midtrain.stage import run as midtrain
+from pretrain.model.layers import RotaryEmbedding
 from pretrain.stage import run as pretrain
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
@@ -38,15 +41,43 @@ def mid_config(data: Path, parent: Path, run_dir: Path, seed: int = 0, **model) 
         "evals": {"reasoning_problems": 3, "max_new_tokens": 8, "passkey_trials": 2}})
 
 
-def test_midtrain_extends_context_anneals_and_evaluates(parent, tmp_path: Path):
+def test_midtrain_extends_context_anneals_and_evaluates(parent, tmp_path: Path, monkeypatch):
     data, pre = parent
+    seen = []  # what each greedy decoding of the evals ran with (a spy: the real decoding runs)
+    greedy = Generator.greedy
+
+    def spy(gen: Generator, prompt_ids: list[int], max_new_tokens: int) -> str:
+        yarn = RotaryEmbedding(gen.model.cfg.dim_per_head, gen.model.cfg.rope, 128)
+        seen.append({"max_len": gen.max_len, "prompt": len(prompt_ids), "cfg": gen.model.cfg,
+                     "passkey": "pass key" in gen.tok.decode(prompt_ids),
+                     "yarn_tables": torch.equal(gen.model.rope.cos[:128], yarn.cos)})
+        return greedy(gen, prompt_ids, max_new_tokens)
+
+    monkeypatch.setattr(Generator, "greedy", spy)
     summary = midtrain(mid_config(data, pre, tmp_path / "mid"))
     assert summary["steps"] == 6
     evals = json.loads((tmp_path / "mid" / "evals.json").read_text())
+    assert summary["evals"] == evals
     for when in ("before", "after"):
         assert set(evals[when]["passkey"]) == {"64", "128"}
-        assert evals[when]["reasoning"]["problems"] == 3
+        assert all(v in (0.0, 0.5, 1.0) for v in evals[when]["passkey"].values())  # hits of 2 trials
+        reasoning = evals[when]["reasoning"]
+        assert reasoning["problems"] == 3
+        assert reasoning["accuracy"] in (0, 1 / 3, 2 / 3, 1) and reasoning["malformed"] in (0, 1 / 3, 2 / 3, 1)
+        assert reasoning["accuracy"] + reasoning["malformed"] <= 1
+        val = evals[when]["val_loss"]
+        assert evals[when]["perplexity"] == pytest.approx({k.replace("val/loss", "ppl"): math.exp(v)
+                                                           for k, v in val.items()})
         assert evals[when]["perplexity"]["ppl"] > 1
+    # Both evals decoded with the extended model: 128-token context, YaRN tables; passkey prompts of both
+    # lengths (2 trials each, 64 then 128) and 3 problems, before and after.
+    assert len(seen) == 2 * (2 * 2 + 3) and [s["passkey"] for s in seen] == ([False] * 3 + [True] * 4) * 2
+    assert all(s["max_len"] == 128 and s["cfg"].max_seq_len == 128 and s["cfg"].rope.scaling == "yarn"
+               and s["yarn_tables"] for s in seen)
+    prompts = [s["prompt"] for s in seen if s["passkey"]]
+    assert prompts[2:4] == prompts[6:8] == [120, 120]  # 128 tokens less the 8 to answer
+    plain = RotaryEmbedding(seen[0]["cfg"].dim_per_head, find_parent(pre).model.rope, 128)
+    assert not torch.equal(plain.cos, RotaryEmbedding(plain.head_dim, seen[0]["cfg"].rope, 128).cos)
     assert evals["after"]["val_loss"]["val/loss"] < evals["before"]["val_loss"]["val/loss"]
     records = [json.loads(x) for x in (tmp_path / "mid" / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pretrain.stage import run as pretrain
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset
 from tests.pretrain.fixtures import tiny_pretrain as _tiny_pretrain
+from tests.pretrain.test_fp8 import LOSS_TOLERANCE as FP8_LOSS_TOLERANCE
 from tests.pretrain.test_trainer import final_weights, losses
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -158,15 +160,27 @@ def test_bad_layouts_fail_before_any_process_group(dataset: Path, tmp_path: Path
     assert proc.returncode == 2 and "shard_size=3" in proc.stderr
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fsdp2_nccl_bf16_fp8_all_gather_on_one_gpu(dataset: Path, tmp_path: Path):
-    cfg = tiny_pretrain(dataset, tmp_path / "gpu", steps=8)
+def fsdp2_fp8_on_cuda(dataset: Path, run_dir: Path, fp8_all_gather: bool) -> PretrainConfig:
+    """FSDP2 over NCCL, bf16 mixed precision, tensorwise FP8 linears; the FP8 all-gather on or off."""
+    cfg = tiny_pretrain(dataset, run_dir, steps=8)
     cfg.trainer.device = "cuda"
     cfg.model.fp8 = {"recipe": "tensorwise"}
     cfg.parallel.backend = "fsdp2"
     cfg.parallel.mixed_precision = "bf16"
-    cfg.parallel.fp8_all_gather = True
-    torchrun(PretrainConfig.model_validate(cfg.to_dict()), tmp_path, nproc=1)
-    found = losses(tmp_path / "gpu")
-    assert all(x == x for x in found) and found[-1] < found[0]
+    cfg.parallel.fp8_all_gather = fp8_all_gather
+    return PretrainConfig.model_validate(cfg.to_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fsdp2_nccl_bf16_fp8_all_gather_on_one_gpu(dataset: Path, tmp_path: Path):
+    """The float8 all-gather changes what FSDP2 gathers (weights cast to float8 before, with scales
+    precomputed after each step), not the maths: its losses follow the same run gathering bf16 weights
+    and casting them after. A stale or wrong scale would saturate or underflow the float8 weights."""
+    reference, gathered = tmp_path / "bf16-gather", tmp_path / "fp8-gather"
+    torchrun(fsdp2_fp8_on_cuda(dataset, reference, fp8_all_gather=False), tmp_path, nproc=1)
+    torchrun(fsdp2_fp8_on_cuda(dataset, gathered, fp8_all_gather=True), tmp_path, nproc=1)
+    expected, found = losses(reference), losses(gathered)
+    assert len(found) == len(expected) == 4, (expected, found)  # steps 2, 4, 6, 8 (log_every 2)
+    assert all(math.isfinite(x) for x in found) and found[-1] < found[0], found
+    assert all(abs(a - b) <= FP8_LOSS_TOLERANCE * a for a, b in zip(expected, found, strict=True)), (expected, found)

@@ -12,6 +12,7 @@ from torch import nn
 from data_pipeline.config import load_config
 from pretrain.model.config import MoEModelConfig, RopeConfig
 from pretrain.model.layers import Attention, RotaryEmbedding, rope_frequencies
+from pretrain.model.loss import IGNORE_INDEX
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
@@ -58,10 +59,37 @@ def test_rope_yarn_matches_transformers() -> None:
     assert math.isclose(scale, hf_scale)
 
 
-def test_rope_tables_grow_for_longer_inputs() -> None:
-    rope = RotaryEmbedding(16, RopeConfig(), max_seq_len=8)
+@pytest.mark.parametrize("rope_cfg", [RopeConfig(), RopeConfig(scaling="yarn", factor=4.0, original_max_position=8)],
+                         ids=["plain", "yarn"])
+def test_rope_tables_grow_for_longer_inputs(rope_cfg: RopeConfig) -> None:
+    """An input longer than max_seq_len gets the angles of its real positions, not a stale or padded table."""
+    rope = RotaryEmbedding(16, rope_cfg, max_seq_len=8)
     cos, sin = rope(20)
-    assert cos.shape == sin.shape == (20, 16)
+    freqs, scale = rope_frequencies(16, rope_cfg)
+    angles = torch.arange(20, dtype=torch.float64)[:, None] * freqs.double()[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    torch.testing.assert_close(cos, (angles.cos() * scale).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sin, (angles.sin() * scale).float(), atol=1e-5, rtol=0)
+    fresh = RotaryEmbedding(16, rope_cfg, max_seq_len=20)
+    assert torch.equal(cos, fresh.cos) and torch.equal(sin, fresh.sin)
+    short_cos, _ = rope(5)  # the grown table still serves shorter inputs from position 0
+    assert torch.equal(short_cos, fresh.cos[:5])
+
+
+def test_model_beyond_max_seq_len_uses_the_grown_tables() -> None:
+    """A model built for 8 positions, fed 24 tokens, equals the same weights built for 32 positions."""
+    torch.manual_seed(0)
+    short = _tiny("max_seq_len=8").build().eval()
+    long = _tiny("max_seq_len=32").build().eval()
+    long.load_state_dict(short.state_dict())
+    tokens = torch.randint(0, 512, (2, 24))
+    with torch.no_grad():
+        grown, reference = short(tokens).logits, long(tokens).logits
+        shifted = long(torch.cat([tokens[:, :1], tokens], dim=1)).logits[:, 1:]
+    assert short.rope.cos.shape[0] == 24
+    torch.testing.assert_close(grown, reference, atol=1e-5, rtol=1e-5)
+    # positions past 8 matter: the same tokens one position later give other logits
+    assert (shifted[:, 8:] - reference[:, 8:]).abs().max() > 1e-3
 
 
 def test_gqa_equals_attention_with_repeated_kv_heads() -> None:
@@ -100,12 +128,48 @@ def test_document_masking_isolates_packed_documents() -> None:
 
 
 def test_document_masking_has_gradients() -> None:
+    """Training on packed documents (the fused-loss path): the second document's loss sends gradients
+    through every attention layer but none to the first document's tokens, and the parameter gradients
+    of the packed batch equal those of the two documents trained one by one."""
+    torch.manual_seed(0)
     model = _tiny().build()
-    tokens = torch.randint(0, 512, (2, 16))
-    doc_ids = torch.tensor([[0] * 5 + [1] * 11, [0] * 16])
-    out = model(tokens, doc_ids)
-    nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens.flatten()).backward()
-    assert model.layers[0].attn.q_proj.weight.grad.abs().sum() > 0
+    first, second = torch.randint(0, 512, (1, 7)), torch.randint(0, 512, (1, 11))
+    packed = torch.cat([first, second], dim=1)
+    inputs, targets = packed[:, :-1], packed[:, 1:].clone()
+    doc_ids = torch.tensor([[0] * 7 + [1] * 10])  # the inputs: all of the first, the second less its last
+    embedded: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        out.retain_grad()
+        embedded.append(out)
+
+    hook = model.embed.register_forward_hook(keep)
+
+    def embedding_grad_of_second_doc_loss(ids: torch.Tensor | None) -> torch.Tensor:
+        model.zero_grad()
+        model(inputs, ids, targets=targets, loss_reduction="none").loss[7:].sum().backward()
+        return embedded.pop().grad[0]
+
+    masked = embedding_grad_of_second_doc_loss(doc_ids)
+    assert torch.count_nonzero(masked[:7]) == 0  # the first document does not reach the second's loss
+    assert (masked[7:].abs().sum(-1) > 0).all()
+    attn = [p for name, p in model.named_parameters() if ".attn." in name]
+    assert attn and all(p.grad is not None and p.grad.abs().sum() > 0 for p in attn)
+    assert embedding_grad_of_second_doc_loss(None)[:7].abs().sum() > 1e-6  # without doc ids it does
+    hook.remove()
+
+    def grads(*batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        for x, y, ids in batches:
+            model(x, ids, targets=y, loss_reduction="none").loss.sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    targets[0, 6] = IGNORE_INDEX  # first's last token predicting second's first: in neither document alone
+    together = grads((inputs, targets, doc_ids))
+    alone = grads((first[:, :-1], first[:, 1:], None), (second[:, :-1], second[:, 1:], None))
+    assert together and together.keys() == alone.keys()
+    for name in together:
+        torch.testing.assert_close(together[name], alone[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 @pytest.mark.gpu
