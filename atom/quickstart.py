@@ -9,17 +9,18 @@ would on its own. It ends by printing where the release is and a few samples gen
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from pydantic import Field
 
 from data_pipeline.config import ConfigError, ConfigModel, load_config
-from data_pipeline.rundir import CONFIG_FILE, config_digest
+from data_pipeline.fingerprint import run_fingerprint
+from data_pipeline.rundir import CONFIG_FILE, RunDir, config_digest
 from data_pipeline.stage import Stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FINAL_RECORDS = ("summary.json", "manifest.json")
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
 
 
@@ -80,25 +81,40 @@ def plan(config: QuickstartConfig) -> list[str]:
     return lines
 
 
-def finished(stage_config: ConfigModel) -> bool:
-    """A stage run is finished when its directory holds this very config and its final record
-    (`summary.json` for training, `manifest.json` for data stages): a rerun reuses it untouched, so the
-    manifests a trained model pinned stay byte-identical."""
-    run_dir = Path(stage_config.run.dir)
-    saved = run_dir / CONFIG_FILE
+def reuse_verdict(stage: Stage, stage_config: ConfigModel) -> tuple[bool, str]:
+    """Whether a stage's earlier run can be reused as it is, and why not.
+
+    It can when its directory holds this very config, its final record (`summary.json` for training,
+    `manifest.json` for data stages), and the inputs and code it finished with (`inputs.json`): a rerun
+    then reuses it untouched, so the manifests a trained model pinned stay byte-identical.
+    """
+    run_dir = RunDir(Path(stage_config.run.dir), stage.name)
+    saved = run_dir.file(CONFIG_FILE)
     if not saved.is_file():
-        return False
+        return False, "not run yet"
     if f"# config-sha256: {config_digest(stage_config)}" not in saved.read_text().splitlines()[:2]:
-        return False
-    return any((run_dir / name).is_file() for name in FINAL_RECORDS)
+        return False, "its config changed"
+    if not run_dir.finished():
+        return False, "not finished"
+    try:
+        inputs = stage.inputs(stage_config) if stage.inputs else {}
+    except ConfigError as exc:
+        return False, str(exc)
+    stale = run_dir.stale_reasons(run_fingerprint(inputs))
+    return (not stale), "; ".join(stale)
 
 
 def _run_step(step: StageStep | ReleaseStep | AuditStep) -> None:
     if isinstance(step, StageStep):
         stage, stage_config = _resolve(step)
-        if finished(stage_config):
+        reusable, why = reuse_verdict(stage, stage_config)
+        if reusable:
             print(f"    finished earlier in {stage_config.run.dir}: reused", flush=True)
             return
+        if RunDir(Path(stage_config.run.dir), stage.name).finished():
+            # The quickstart owns its run directories: a stale result is redone from scratch.
+            print(f"    finished earlier in {stage_config.run.dir}, but {why}: redoing it", flush=True)
+            shutil.rmtree(stage_config.run.dir)
         stage.run(stage_config)
     elif isinstance(step, ReleaseStep):
         from midtrain.release.build import build_release

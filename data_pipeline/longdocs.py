@@ -46,13 +46,18 @@ def plan(cfg: LongDocsConfig) -> list[str]:
             f"write {cfg.run.dir}/{CURATED_DIR}/*.parquet and manifest.json"]
 
 
+def stage_inputs(cfg: LongDocsConfig) -> dict[str, str]:
+    """The curated run long documents are selected from."""
+    return {"input": cfg.input}
+
+
 def run(cfg: LongDocsConfig) -> Path:
     curated = open_curated(cfg.input)
     unknown = sorted(s for s in set(cfg.per_source) | set(cfg.sources or []) if s not in curated.sources)
     if unknown:
         raise ConfigError(f"per_source/sources: {', '.join(unknown)} not in {cfg.input} "
                           f"(sources: {', '.join(sorted(curated.sources))})")
-    run_dir = RunDir.claim(cfg.run.dir, "longdocs", cfg, cfg.run.overwrite)
+    run_dir = RunDir.claim(cfg.run.dir, "longdocs", cfg, cfg.run.overwrite, inputs=stage_inputs(cfg))
     out_dir = run_dir.file(CURATED_DIR)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
@@ -115,4 +120,4 @@ def run(cfg: LongDocsConfig) -> Path:
 
 
 STAGE = Stage("longdocs", "select long documents of a curated run (long-context mid-training data)",
-              LongDocsConfig, plan, run)
+              LongDocsConfig, plan, run, stage_inputs)

@@ -12,14 +12,17 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from data_pipeline.config import ConfigError, ConfigModel
+from data_pipeline.fingerprint import FINAL_RECORDS, code_changed, input_changes, run_fingerprint
 
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"
 LOG_DIR = "logs"
 
 
@@ -75,18 +78,27 @@ class RunDir:
 
     @classmethod
     def claim(cls, path: str | Path, stage: str, config: ConfigModel, overwrite: bool = False,
-              resumable_changes: tuple[str, ...] = ()) -> RunDir:
+              resumable_changes: tuple[str, ...] = (),
+              inputs: Mapping[str, str | Path] | None = None) -> RunDir:
         """Create (or re-enter) `path` for `config`; refuse a directory that holds another run.
 
         Re-entering with a config that differs only in keys under `resumable_changes` (dotted
         prefixes, e.g. "trainer.max_steps") is allowed: the previous config is kept beside the new one.
+        `inputs` names what the stage reads (paths); their digests and the code's are recorded in
+        inputs.json, and re-entering is refused when an input changed, or when the run had finished
+        under other code (reusing it would hand on a stale result). None (a submitter claiming the
+        directory for a job) records nothing.
         """
         run = cls(Path(path), stage)
         saved = run.path / CONFIG_FILE
         digest = config_digest(config)
+        fingerprint = run_fingerprint(inputs) if inputs is not None else None
         if saved.exists() and not overwrite:
             text = saved.read_text(encoding="utf-8")
-            if f"# config-sha256: {digest}" not in text.splitlines()[:2]:
+            same_config = f"# config-sha256: {digest}" in text.splitlines()[:2]
+            if fingerprint is not None:
+                run._check_fingerprint(fingerprint, reused=same_config)
+            if not same_config:
                 changed = changed_keys(yaml.safe_load(text) or {}, config.to_dict())
                 refused = [k for k in changed if not k.startswith(tuple(resumable_changes))]
                 if refused:
@@ -105,7 +117,36 @@ class RunDir:
         (run.path / LOG_DIR).mkdir(exist_ok=True)
         body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
         write_atomic(saved, f"# atom {stage} config\n# config-sha256: {digest}\n{body}")
+        if fingerprint is not None:
+            write_json(run.path / INPUTS_FILE, fingerprint)
         return run
+
+    def finished(self) -> bool:
+        """A stage's final record is present (summary.json for training, manifest.json for data)."""
+        return any((self.path / name).is_file() for name in FINAL_RECORDS)
+
+    def stale_reasons(self, fingerprint: Mapping[str, Any], reused: bool = True) -> list[str]:
+        """Why this run may not be re-entered with `fingerprint` (empty when it may).
+
+        A changed input always counts; changed code counts when the run finished and would be reused
+        as it is (`reused`), not when an unfinished run resumes or a finished one is continued.
+        """
+        recorded = self.path / INPUTS_FILE
+        if not recorded.is_file():
+            return []
+        previous = json.loads(recorded.read_text(encoding="utf-8"))
+        reasons = input_changes(previous, fingerprint)
+        if reused and self.finished() and code_changed(previous, fingerprint):
+            reasons.append("atom's code changed since it finished")
+        return reasons
+
+    def _check_fingerprint(self, fingerprint: Mapping[str, Any], reused: bool) -> None:
+        reasons = self.stale_reasons(fingerprint, reused)
+        if reasons:
+            raise ConfigError(
+                f"{self.path}: this run's inputs are stale ({'; '.join(reasons)}); "
+                "set run.overwrite=true to redo it, or choose another run directory"
+            )
 
     def file(self, *parts: str) -> Path:
         return self.path.joinpath(*parts)

@@ -69,10 +69,16 @@ def _check_same_model(parents: list[Parent], inputs: list[str]) -> None:
                               "model can be souped")
 
 
+def stage_inputs(cfg: SoupConfig) -> dict[str, str | Path]:
+    """The checkpoints averaged."""
+    return {f"inputs.{i}": find_parent(p).checkpoint.path for i, p in enumerate(cfg.inputs)}
+
+
 def run(cfg: SoupConfig) -> Path:
     parents = [find_parent(p) for p in cfg.inputs]
     _check_same_model(parents, cfg.inputs)
-    run_dir = RunDir.claim(cfg.run.dir, "soup", cfg, cfg.run.overwrite)
+    run_dir = RunDir.claim(cfg.run.dir, "soup", cfg, cfg.run.overwrite,
+                           inputs=stage_inputs(cfg))
     soup = average([load_model_state(p) for p in parents], cfg.weights)
     step = max(p.checkpoint.step for p in parents)
     trainer_state = {"step": step, "tokens_seen": max(p.state.get("tokens_seen", 0) for p in parents),
@@ -89,4 +95,5 @@ def run(cfg: SoupConfig) -> Path:
     return path
 
 
-STAGE = Stage("soup", "average the weights of several runs of one model into one checkpoint", SoupConfig, plan, run)
+STAGE = Stage("soup", "average the weights of several runs of one model into one checkpoint", SoupConfig, plan, run,
+              stage_inputs)

@@ -58,6 +58,11 @@ def _evaluate(trainer, cfg: MidtrainConfig, lengths: list[int]) -> dict:
                      lengths, trainer.evaluate())
 
 
+def stage_inputs(cfg: MidtrainConfig) -> dict[str, str | Path]:
+    """The parent checkpoint this run starts from and its data."""
+    return {"parent": find_parent(cfg.parent).checkpoint.path, "data": cfg.data.path}
+
+
 def run(cfg: MidtrainConfig) -> dict:
     from pretrain.trainer import Preempted, Trainer
 
@@ -65,7 +70,8 @@ def run(cfg: MidtrainConfig) -> dict:
     pcfg = to_pretrain_config(cfg, parent)
     env = init_distributed(pcfg)
     if env.is_main:
-        run_dir = RunDir.claim(cfg.run.dir, "midtrain", cfg, cfg.run.overwrite, RESUMABLE_CHANGES)
+        run_dir = RunDir.claim(cfg.run.dir, "midtrain", cfg, cfg.run.overwrite, RESUMABLE_CHANGES,
+                               inputs=stage_inputs(cfg))
         write_json(run_dir.file("midtrain.json"), {
             "parent": {"checkpoint": str(parent.checkpoint.path), "step": parent.checkpoint.step,
                        "content_sha256": checkpoint_digest(parent.checkpoint.path),
@@ -100,4 +106,4 @@ def run(cfg: MidtrainConfig) -> dict:
 
 
 STAGE = Stage("midtrain", "continue a pretrained checkpoint: new mix, longer context, anneal; evals before/after",
-              MidtrainConfig, plan, run)
+              MidtrainConfig, plan, run, stage_inputs)

@@ -35,12 +35,21 @@ def plan(cfg: PretrainConfig) -> list[str]:
     ]
 
 
+def stage_inputs(cfg: PretrainConfig) -> dict[str, str]:
+    """What training reads: the token data and the checkpoint it starts from, when there is one."""
+    inputs = {"data": cfg.data.path}
+    if cfg.init_from:
+        inputs["init_from"] = cfg.init_from
+    return inputs
+
+
 def run(cfg: PretrainConfig) -> dict:
     from pretrain.trainer import Preempted, Trainer
 
     env = init_distributed(cfg)
     if env.is_main:
-        run_dir = RunDir.claim(cfg.run.dir, "pretrain", cfg, cfg.run.overwrite, RESUMABLE_CHANGES)
+        run_dir = RunDir.claim(cfg.run.dir, "pretrain", cfg, cfg.run.overwrite, RESUMABLE_CHANGES,
+                               inputs=stage_inputs(cfg))
     if dist.is_initialized():
         dist.barrier()
     run_dir = RunDir(cfg.run.dir, "pretrain")
@@ -57,4 +66,5 @@ def run(cfg: PretrainConfig) -> dict:
     return summary
 
 
-STAGE = Stage("pretrain", "pretrain the MoE transformer on a tokenized mixture", PretrainConfig, plan, run)
+STAGE = Stage("pretrain", "pretrain the MoE transformer on a tokenized mixture", PretrainConfig, plan, run,
+              stage_inputs)

@@ -5,7 +5,7 @@ excluded/<stage>/, quarantine/, reports/. See pipeline.py for the phases.
 """
 
 from data_pipeline.curate.config import CurateConfig
-from data_pipeline.curate.pipeline import plan, run
+from data_pipeline.curate.pipeline import plan, run, stage_inputs
 from data_pipeline.stage import Stage
 
 STAGE = Stage(
@@ -14,6 +14,7 @@ STAGE = Stage(
     config_cls=CurateConfig,
     plan=plan,
     run=run,
+    inputs=stage_inputs,
 )
 
 __all__ = ["STAGE", "CurateConfig", "plan", "run"]

@@ -245,7 +245,16 @@ def prepare_run_dir(config: CurateConfig) -> RunDir:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    return RunDir.claim(run, STAGE_NAME, config, config.run.overwrite)
+    return RunDir.claim(run, STAGE_NAME, config, config.run.overwrite, inputs=stage_inputs(config))
+
+
+def stage_inputs(config: CurateConfig) -> dict[str, str]:
+    """Every raw source and eval set curation reads, by the config key that names it."""
+    inputs = {f"sources.{s.name}": s.path for s in config.sources}
+    if config.stages.decontamination.enabled:
+        inputs |= {f"stages.decontamination.evals.{i}": path
+                   for i, path in enumerate(config.stages.decontamination.evals) if path != "builtin"}
+    return inputs
 
 
 def run(config: CurateConfig) -> dict[str, Any] | None:

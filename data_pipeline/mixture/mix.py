@@ -133,6 +133,11 @@ def select(lengths: np.ndarray, target: int, rng: np.random.Generator) -> tuple[
     return order[:k], np.arange(k) // len(lengths)
 
 
+def stage_inputs(config: MixConfig) -> dict[str, str]:
+    """The token datasets mixed."""
+    return {f"datasets.{i}": path for i, path in enumerate(config.datasets)}
+
+
 def run(config: MixConfig) -> Path:
     from data_pipeline.croissant import write_mixture_croissant
 
@@ -162,7 +167,8 @@ def run(config: MixConfig) -> Path:
         raise ConfigError("mix: cannot build this mixture: " + "; ".join(problems)
                           + " (lower the ratio, raise max_repetitions or add data)")
 
-    rundir = RunDir.claim(config.run.dir, "mix", config, overwrite=config.run.overwrite)
+    rundir = RunDir.claim(config.run.dir, "mix", config, overwrite=config.run.overwrite,
+                          inputs=stage_inputs(config))
     log = rundir.logger()
     root = rundir.path
     for name in (fmt.SEQUENCE_ARRAY, fmt.SEQUENCE_TABLE, fmt.MANIFEST, fmt.CROISSANT):
@@ -270,4 +276,5 @@ STAGE = Stage(
     config_cls=MixConfig,
     plan=plan,
     run=run,
+    inputs=stage_inputs,
 )

@@ -252,6 +252,14 @@ def _clear(root: Path) -> None:
             path.unlink()
 
 
+def stage_inputs(config: SynthConfig) -> dict[str, str]:
+    """What synthesis reads: the rephrased curated run and a local model, when configured."""
+    inputs = {"rephrase.input": config.rephrase.input} if config.rephrase else {}
+    if config.backend.model_dir:
+        inputs["backend.model_dir"] = config.backend.model_dir
+    return inputs
+
+
 def run(config: SynthConfig) -> Path:
     # Everything that can be wrong with the input (rephrase source, backend) is found before writing.
     source_docs = _source_docs(config.rephrase) if config.rephrase else []
@@ -259,7 +267,8 @@ def run(config: SynthConfig) -> Path:
 
     backend = build_backend(config.backend, logging.getLogger("atom.synth"))
     sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p)
-    rundir = RunDir.claim(config.run.dir, "synth", config, overwrite=config.run.overwrite)
+    rundir = RunDir.claim(config.run.dir, "synth", config, overwrite=config.run.overwrite,
+                          inputs=stage_inputs(config))
     log = rundir.logger()
     root = rundir.path
     _clear(root)
@@ -404,4 +413,5 @@ STAGE = Stage(
     config_cls=SynthConfig,
     plan=plan,
     run=run,
+    inputs=stage_inputs,
 )

@@ -135,12 +135,18 @@ def tokenizer_files(config: TokenizerConfig, special: list[str]) -> dict[str, An
     return {TOKENIZER_CONFIG_FILE: tok_config, SPECIAL_TOKENS_FILE: special_map}
 
 
+def stage_inputs(config: TokenizerConfig) -> dict[str, str]:
+    """The curated run the tokenizer is trained on."""
+    return {"input": config.input}
+
+
 def run(config: TokenizerConfig) -> Path:
     from tokenizers import pre_tokenizers, trainers
 
     curated = open_curated(config.input)  # contract errors before anything is written
     special = config.special_tokens.ordered()
-    rundir = RunDir.claim(config.run.dir, "tokenizer", config, overwrite=config.run.overwrite)
+    rundir = RunDir.claim(config.run.dir, "tokenizer", config, overwrite=config.run.overwrite,
+                          inputs=stage_inputs(config))
     log = rundir.logger()
     tokenizer = build_tokenizer()
     trainer = trainers.BpeTrainer(
@@ -209,4 +215,5 @@ STAGE = Stage(
     config_cls=TokenizerConfig,
     plan=plan,
     run=run,
+    inputs=stage_inputs,
 )

@@ -214,6 +214,11 @@ def check_licenses(curated: CuratedRun, allow: list[str] | None) -> None:
         raise ConfigError(f"{curated.root}: licenses outside allow_licenses {sorted(allow)}: {counts}")
 
 
+def stage_inputs(config: TokenizeConfig) -> dict[str, str]:
+    """The curated run and the tokenizer."""
+    return {"input": config.input, "tokenizer": config.tokenizer}
+
+
 def run(config: TokenizeConfig) -> Path:
     from data_pipeline.croissant import write_dataset_croissant
 
@@ -226,7 +231,8 @@ def run(config: TokenizeConfig) -> Path:
     if missing:
         raise ConfigError(f"{tokenizer_dir}: tokenizer directory lacks {', '.join(missing)}")
 
-    rundir = RunDir.claim(config.run.dir, "tokenize", config, overwrite=config.run.overwrite)
+    rundir = RunDir.claim(config.run.dir, "tokenize", config, overwrite=config.run.overwrite,
+                          inputs=stage_inputs(config))
     log = rundir.logger()
     root = rundir.path
     _clear(root)
@@ -292,4 +298,5 @@ STAGE = Stage(
     config_cls=TokenizeConfig,
     plan=plan,
     run=run,
+    inputs=stage_inputs,
 )
