@@ -35,6 +35,9 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 # Subcommands whose config argument may be left out.
 DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}
+# The `--set` example each subcommand's help shows: a key of that stage's config (every stage has `run:`).
+SET_EXAMPLES = {"quickstart": "samples=[]", "pretrain": "optimizer.lr=3e-4", "midtrain": "optimizer.lr=3e-4"}
+DEFAULT_SET_EXAMPLE = "run.seed=1"
 
 
 def load_stage(name: str) -> Stage:
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.required = True
     for name, (_, summary) in STAGES.items():
         sub = subcommands.add_parser(name, help=summary, description=summary)
-        add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
+        add_config_arguments(sub, SET_EXAMPLES.get(name, DEFAULT_SET_EXAMPLE), optional=name in DEFAULT_CONFIGS)
     add_audit_parser(subcommands)
     add_release_parser(subcommands)
     slurm_commands.add_parsers(subcommands, list(STAGES))
@@ -109,14 +112,14 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, set_example: str, optional: bool = False) -> None:
     if optional:
         parser.add_argument("config", nargs="?", help="YAML config file (default: the bundled one)")
     else:
         parser.add_argument("config", help="YAML config file")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. --set trainer.lr=3e-4 (repeatable)",
+        help=f"override a config value by dotted key, e.g. --set {set_example} (repeatable)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan; run nothing")
 

@@ -1,5 +1,6 @@
 """The `atom` command: subcommands, --dry-run, --set, and one-line user errors with exit code 2."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from atom import cli
-from data_pipeline.config import ConfigModel, RunConfig
+from data_pipeline.config import ConfigModel, RunConfig, apply_overrides
 from data_pipeline.stage import Stage
 
 
@@ -57,7 +58,25 @@ def test_missing_config_file(toy: Path, capsys):
     assert "missing.yaml: config file not found" in capsys.readouterr().err
 
 
+EXPECTED_SUBCOMMANDS = {"data", "quickstart", "tokenizer", "tokenize", "mix", "longdocs", "synth", "pretrain",
+                        "midtrain", "soup", "audit", "release", "submit", "jobs"}
+
+
+def listed_subcommands(help_text: str) -> set[str]:
+    """The names argparse lists under COMMAND (4-space indent; wrapped help lines are indented further)."""
+    block = help_text.split("\n  COMMAND\n", 1)[1].split("\n\n", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^ {4}(\S+)", block, flags=re.MULTILINE)}
+
+
 def test_console_script_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "atom", "--help"], capture_output=True, text=True, check=True)
-    for name in cli.STAGES:
-        assert name in out.stdout
+    assert listed_subcommands(out.stdout) == EXPECTED_SUBCOMMANDS
+
+
+@pytest.mark.parametrize("name", sorted(cli.STAGES))
+def test_help_example_of_set_is_a_key_of_that_stage(name: str, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option: the example is not wrapped at its hyphen
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    example = re.search(r"e\.g\. --set (\S+=\S*)", capsys.readouterr().out).group(1)
+    apply_overrides({}, [example], cli.load_stage(name).config_cls, {})  # raises ConfigError on an unknown key
