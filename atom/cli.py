@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from data_pipeline.config import ConfigError, load_config
 from data_pipeline.stage import Stage
@@ -93,8 +94,6 @@ def run_release(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Exit 0 when every check holds, 1 when any fails (each failure printed with its file)."""
-    from pathlib import Path
-
     from data_pipeline.audit import allow_list_from_config, audit
 
     allow = allow_list_from_config(args.config) if args.config else None
@@ -130,15 +129,27 @@ def run_stage(name: str, args: argparse.Namespace) -> int:
         module, attr = DEFAULT_CONFIGS[name].split(":")
         args.config = str(getattr(importlib.import_module(module), attr))
     config = load_config(stage.config_cls, args.config, args.overrides)
-    if args.dry_run:
-        print(f"# atom {name}: resolved config ({args.config})")
-        print(config.to_yaml(), end="")
-        print(f"# plan: {name} would")
-        for step in stage.plan(config):
-            print(f"#   - {step}")
-        return 0
-    stage.run(config)
+    try:
+        if args.dry_run:
+            steps = list(stage.plan(config))  # before printing: an invalid config prints only its error
+            print(f"# atom {name}: resolved config ({args.config})")
+            print(config.to_yaml(), end="")
+            print(f"# plan: {name} would")
+            for step in steps:
+                print(f"#   - {step}")
+            return 0
+        stage.run(config)
+    except ConfigError as exc:
+        raise in_config_file(exc, args.config) from None
     return 0
+
+
+def in_config_file(exc: ConfigError, path: str) -> ConfigError:
+    """A stage's error about its config's values (`parent: ...`), named after the config file it came from."""
+    message = str(exc)
+    if path in message or str(Path(path).resolve()) in message:
+        return exc
+    return ConfigError(f"{path}: {message}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,3 +80,15 @@ def test_help_example_of_set_is_a_key_of_that_stage(name: str, capsys, monkeypat
         cli.main([name, "--help"])
     example = re.search(r"e\.g\. --set (\S+=\S*)", capsys.readouterr().out).group(1)
     apply_overrides({}, [example], cli.load_stage(name).config_cls, {})  # raises ConfigError on an unknown key
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run_of_an_invalid_config_prints_only_the_error(tmp_path: Path):
+    config = REPO / "configs" / "quickstart" / "midtrain.yaml"
+    proc = subprocess.run([sys.executable, "-m", "atom", "midtrain", str(config), "--set",
+                           f"parent={tmp_path / 'no-such-run'}", "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"atom midtrain: error: {config}: parent: {tmp_path / 'no-such-run'} is "
+                                        "neither a run directory with checkpoints/ nor a checkpoint"]
