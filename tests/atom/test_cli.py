@@ -1,5 +1,6 @@
 """The `atom` command: subcommands, --dry-run, --set, and one-line user errors with exit code 2."""
 
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from atom import cli
 from data_pipeline.config import ConfigModel, RunConfig, apply_overrides
 from data_pipeline.stage import Stage
+from tests.data_pipeline.tokens_fixtures import stdlib_documents, write_curated_run
 
 
 class Toy(ConfigModel):
@@ -92,3 +94,38 @@ def test_dry_run_of_an_invalid_config_prints_only_the_error(tmp_path: Path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"atom midtrain: error: {config}: parent: {tmp_path / 'no-such-run'} is "
                                         "neither a run directory with checkpoints/ nor a checkpoint"]
+
+
+def test_data_stages_print_what_they_wrote(tmp_path: Path, capsys):
+    """tokenizer -> tokenize -> mix and synth, through the CLI with the quickstart's configs on real text."""
+    curated = write_curated_run(tmp_path / "curated", stdlib_documents(30))
+    quick = REPO / "configs" / "quickstart"
+
+    def run(stage: str, config: str, *overrides: str) -> tuple[Path, dict, str]:
+        out_dir = tmp_path / stage
+        args = [stage, str(quick / config), "--set", f"run.dir={out_dir}"]
+        assert cli.main(args + [x for o in overrides for x in ("--set", o)]) == 0
+        return out_dir, json.loads((out_dir / "manifest.json").read_text()), capsys.readouterr().out
+
+    tok, manifest, out = run("tokenizer", "tokenizer.yaml", f"input={curated}", "vocab_size=512")
+    assert out.startswith(f"atom tokenizer: {tok}\n") and "vocab: 512 tokens (6 special)" in out
+    assert f"trained on: {manifest['training_data']['docs']} documents" in out
+    assert "documents per source: stdlib-api-docs=30, stdlib-module-docs=30" in out
+
+    tokens, manifest, out = run("tokenize", "tokens.yaml", f"input={curated}", f"tokenizer={tok}")
+    assert out.startswith(f"atom tokenize: {tokens}\n")
+    assert f"tokens: {manifest['n_tokens']:,} (uint16) from 60 documents in 1 shard(s) under {tokens / 'tokens'}" in out
+    api = manifest["sources"]["stdlib-api-docs"]["tokens"]
+    assert f"source stdlib-api-docs: {api:,} tokens, 30 documents (PSF-2.0)" in out
+
+    mix, manifest, out = run("mix", "mix_pretrain.yaml", f"datasets=[{tokens}]", "target_tokens=20000",
+                             "sources={stdlib-api-docs: {ratio: 0.5}, stdlib-module-docs: {ratio: 0.5}}")
+    assert out.startswith(f"atom mix: {mix}\n")
+    assert f"tokens: {manifest['n_tokens']:,} (target 20,000) in {manifest['n_docs']:,} documents" in out
+    assert "source stdlib-module-docs:" in out and f"order: {mix / 'sequence.npy'}" in out
+
+    synth, manifest, out = run("synth", "synth.yaml", "problems.count=20")
+    assert out.startswith(f"atom synth: {synth} (backend template)\n")
+    kept = sum(o["documents"] for o in manifest["outputs"])
+    assert "trace: 20 attempted, 20 accepted, 0 rejected" in out
+    assert f"curated: {kept} documents in 1 files under {synth / 'curated'}" in out
