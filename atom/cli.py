@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,20 @@ from data_pipeline.stage import Stage
 from slurm import commands as slurm_commands
 
 EXIT_USER_ERROR = 2
+
+# Messages libraries print on every run that concern no user: logger -> pattern of the message. Each is dropped
+# by a filter on exactly the logger that emits it, installed before the library is imported; everything else
+# those loggers say still shows.
+LIBRARY_NOISE: dict[str, str] = {
+    # torchao's optional C++/CUDA kernels (MX formats, CUTLASS sm90a) that do not load in this build of torch;
+    # atom's FP8 is torchao.float8 through torch._scaled_mm, which uses none of them.
+    "torchao": r"^Failed to load \S*torchao[/\\]_C\S*\.so: ",
+    # torch deprecating register_constant() on Enum subclasses: addressed to torchao's authors, emitted on import.
+    "torch.utils._pytree": r" is an Enum subclass and is now natively supported by torch\.compile ",
+    # DeepSpeed, imported by accelerate/transformers, on a machine where torch sees no CUDA device (its test
+    # is torch's): atom then runs on CPU anyway, and a GPU run sets DS_ACCELERATOR itself.
+    "DeepSpeed": r"^Setting accelerator to CPU\. ",
+}
 
 # Stage name -> ("module:attribute" of its `Stage`, one-line help). Imported only when that
 # subcommand runs, so `atom --help` stays fast and one stage's heavy imports never slow another.
@@ -152,7 +168,27 @@ def in_config_file(exc: ConfigError, path: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
 
 
+class DropMatching(logging.Filter):
+    """Drops the records of one logger whose message matches a pattern."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.pattern.search(record.getMessage()) is None
+
+
+def silence_library_noise() -> None:
+    """Install the LIBRARY_NOISE filters (once); call before the stage's imports."""
+    for name, pattern in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMatching) for f in logger.filters):
+            logger.addFilter(DropMatching(pattern))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_library_noise()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:

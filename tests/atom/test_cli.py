@@ -11,6 +11,7 @@ import pytest
 from atom import cli
 from data_pipeline.config import ConfigModel, RunConfig, apply_overrides
 from data_pipeline.stage import Stage
+from tests.data_pipeline.synthetic_fixtures import tiny_model
 from tests.data_pipeline.tokens_fixtures import stdlib_documents, write_curated_run
 
 
@@ -129,3 +130,38 @@ def test_data_stages_print_what_they_wrote(tmp_path: Path, capsys):
     kept = sum(o["documents"] for o in manifest["outputs"])
     assert "trace: 20 attempted, 20 accepted, 0 rejected" in out
     assert f"curated: {kept} documents in 1 files under {synth / 'curated'}" in out
+
+
+NOISE = ("Failed to load", "is an Enum subclass", "Setting accelerator to CPU")
+
+
+def test_a_stage_run_prints_no_library_noise(tmp_path_factory, tmp_path: Path):
+    """`atom synth` with a local model loads transformers, which imports torchao: its kernel-loading failures and
+    torch's pytree deprecation used to fill stderr."""
+    model_dir = tiny_model(tmp_path_factory)[0]
+    proc = subprocess.run([sys.executable, "-m", "atom", "synth", str(REPO / "configs/quickstart/synth.yaml"),
+                           "--set", f"run.dir={tmp_path / 'synth'}", "--set", "problems.count=2",
+                           "--set", "backend.kind=local", "--set", f"backend.model_dir={model_dir}",
+                           "--set", "sampling.max_new_tokens=4", "--set", "rejection.samples_per_problem=1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"atom synth: {tmp_path / 'synth'} (backend local)")
+    assert [n for n in NOISE if n in proc.stdout + proc.stderr] == []
+
+
+def test_only_the_library_noise_is_silenced():
+    """The real libraries imported after the CLI's filters: their notices are gone, other messages still show."""
+    script = """
+import logging, warnings
+from atom.cli import silence_library_noise
+silence_library_noise()
+import deepspeed, torchao  # noqa: F401  (imports that print the notices)
+logging.getLogger("DeepSpeed").warning("a genuine DeepSpeed warning")
+logging.getLogger("torchao").warning("Failed to load my_extension.so: it matters")
+warnings.warn("a genuine user warning")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = proc.stdout + proc.stderr
+    assert "a genuine DeepSpeed warning" in out and "Failed to load my_extension.so: it matters" in out
+    assert "UserWarning: a genuine user warning" in proc.stderr
+    assert [n for n in NOISE if n in out.replace("Failed to load my_extension.so", "")] == []
