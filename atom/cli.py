@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from data_pipeline.config import ConfigError, load_config
 from data_pipeline.stage import Stage
 from slurm import commands as slurm_commands
 
 EXIT_USER_ERROR = 2
+
+# Messages libraries print on every run that concern no user: logger -> pattern of the message. Each is dropped
+# by a filter on exactly the logger that emits it, installed before the library is imported; everything else
+# those loggers say still shows.
+LIBRARY_NOISE: dict[str, str] = {
+    # torchao's optional C++/CUDA kernels (MX formats, CUTLASS sm90a) that do not load in this build of torch;
+    # atom's FP8 is torchao.float8 through torch._scaled_mm, which uses none of them.
+    "torchao": r"^Failed to load \S*torchao[/\\]_C\S*\.so: ",
+    # torch deprecating register_constant() on Enum subclasses: addressed to torchao's authors, emitted on import.
+    "torch.utils._pytree": r" is an Enum subclass and is now natively supported by torch\.compile ",
+    # DeepSpeed, imported by accelerate/transformers, on a machine where torch sees no CUDA device (its test
+    # is torch's): atom then runs on CPU anyway, and a GPU run sets DS_ACCELERATOR itself.
+    "DeepSpeed": r"^Setting accelerator to CPU\. ",
+}
 
 # Stage name -> ("module:attribute" of its `Stage`, one-line help). Imported only when that
 # subcommand runs, so `atom --help` stays fast and one stage's heavy imports never slow another.
@@ -35,6 +52,9 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 # Subcommands whose config argument may be left out.
 DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}
+# The `--set` example each subcommand's help shows: a key of that stage's config (every stage has `run:`).
+SET_EXAMPLES = {"quickstart": "samples=[]", "pretrain": "optimizer.lr=3e-4", "midtrain": "optimizer.lr=3e-4"}
+DEFAULT_SET_EXAMPLE = "run.seed=1"
 
 
 def load_stage(name: str) -> Stage:
@@ -51,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.required = True
     for name, (_, summary) in STAGES.items():
         sub = subcommands.add_parser(name, help=summary, description=summary)
-        add_config_arguments(sub, optional=name in DEFAULT_CONFIGS)
+        add_config_arguments(sub, SET_EXAMPLES.get(name, DEFAULT_SET_EXAMPLE), optional=name in DEFAULT_CONFIGS)
     add_audit_parser(subcommands)
     add_release_parser(subcommands)
     slurm_commands.add_parsers(subcommands, list(STAGES))
@@ -90,8 +110,6 @@ def run_release(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Exit 0 when every check holds, 1 when any fails (each failure printed with its file)."""
-    from pathlib import Path
-
     from data_pipeline.audit import allow_list_from_config, audit
 
     allow = allow_list_from_config(args.config) if args.config else None
@@ -109,14 +127,14 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, set_example: str, optional: bool = False) -> None:
     if optional:
         parser.add_argument("config", nargs="?", help="YAML config file (default: the bundled one)")
     else:
         parser.add_argument("config", help="YAML config file")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value by dotted key, e.g. --set trainer.lr=3e-4 (repeatable)",
+        help=f"override a config value by dotted key, e.g. --set {set_example} (repeatable)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and plan; run nothing")
 
@@ -127,18 +145,50 @@ def run_stage(name: str, args: argparse.Namespace) -> int:
         module, attr = DEFAULT_CONFIGS[name].split(":")
         args.config = str(getattr(importlib.import_module(module), attr))
     config = load_config(stage.config_cls, args.config, args.overrides)
-    if args.dry_run:
-        print(f"# atom {name}: resolved config ({args.config})")
-        print(config.to_yaml(), end="")
-        print(f"# plan: {name} would")
-        for step in stage.plan(config):
-            print(f"#   - {step}")
-        return 0
-    stage.run(config)
+    try:
+        if args.dry_run:
+            steps = list(stage.plan(config))  # before printing: an invalid config prints only its error
+            print(f"# atom {name}: resolved config ({args.config})")
+            print(config.to_yaml(), end="")
+            print(f"# plan: {name} would")
+            for step in steps:
+                print(f"#   - {step}")
+            return 0
+        stage.run(config)
+    except ConfigError as exc:
+        raise in_config_file(exc, args.config) from None
     return 0
 
 
+def in_config_file(exc: ConfigError, path: str) -> ConfigError:
+    """A stage's error about its config's values (`parent: ...`), named after the config file it came from."""
+    message = str(exc)
+    if path in message or str(Path(path).resolve()) in message:
+        return exc
+    return ConfigError(f"{path}: {message}")
+
+
+class DropMatching(logging.Filter):
+    """Drops the records of one logger whose message matches a pattern."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.pattern.search(record.getMessage()) is None
+
+
+def silence_library_noise() -> None:
+    """Install the LIBRARY_NOISE filters (once); call before the stage's imports."""
+    for name, pattern in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropMatching) for f in logger.filters):
+            logger.addFilter(DropMatching(pattern))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_library_noise()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:

@@ -8,7 +8,9 @@ overrides win. The origin of every key is tracked so that an error points at the
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -130,14 +132,17 @@ def _resolve_section(data: dict[str, Any], path: Path, origins: dict[str, str], 
 # `--set dotted.key=value` overrides
 # ---------------------------------------------------------------------------------------------
 
+# One part of a dotted key: a bare name, or a double-quoted one that may hold dots (`sources."a.b".ratio`).
+_KEY_PART = re.compile(r'"([^"]+)"|([^."]+)')
+
 
 def parse_value(text: str) -> Any:
-    """YAML-typed value for an override; also accepts `3e-4` (a float) which YAML 1.1 reads as text."""
+    """YAML-typed value for an override; also accepts an unquoted `3e-4` (a float) which YAML 1.1 reads as text."""
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):
+    if isinstance(value, str) and value == text.strip():
         for cast in (int, float):
             try:
                 return cast(value)
@@ -146,33 +151,98 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def _field_type_at(model: type[BaseModel], parts: list[str], dotted: str) -> None:
-    """Raise a ConfigError if `parts` does not name a field path of `model`."""
-    current: Any = model
-    for i, part in enumerate(parts):
-        so_far = ".".join(parts[: i + 1])
-        submodel = _as_model(current)
-        if submodel is not None:
-            if part not in submodel.model_fields:
-                raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: unknown key '{so_far}'" + _suggest(part, submodel))
-            current = submodel.model_fields[part].annotation
-            continue
-        if _is_mapping_type(current):
-            current = typing.get_args(current)[1] if len(typing.get_args(current)) == 2 else Any
-            continue
-        parent = ".".join(parts[:i])
-        raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' is not a section, has no key '{part}'")
+def split_key(dotted: str) -> list[tuple[str, bool]]:
+    """The parts of a dotted key as (name, quoted); a ConfigError for an empty part or a stray quote."""
+    parts, pos = [], 0
+    while True:
+        match = _KEY_PART.match(dotted, pos)
+        if match is None:
+            raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted!r}: empty key or stray '\"' at character {pos + 1}")
+        parts.append((match.group(1), True) if match.group(1) is not None else (match.group(2), False))
+        pos = match.end()
+        if pos == len(dotted):
+            return parts
+        if dotted[pos] != ".":
+            raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted!r}: expected '.' at character {pos + 1}")
+        pos += 1
+
+
+def _branches(tp: Any) -> list[Any]:
+    """The alternatives a field's type allows (`A | B | None` -> [A, B]); None is no section."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _branches(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [branch for arg in typing.get_args(tp) for branch in _branches(arg)]
+    return [] if tp is type(None) else [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _mapping_value_type(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    return args[1] if len(args) == 2 else Any
+
+
+def _override_target(model: type[BaseModel], data: Mapping[str, Any],
+                     dotted: str) -> tuple[list[tuple[str, Any]], list[Any]]:
+    """The (key, default) steps `dotted` names in the config tree and the types its value may take.
+
+    Each part must be a field of the section (of any branch, for a union or a nullable section) or a key of
+    a mapping; below an `Any` every key is the validator's to judge. A mapping key that holds dots
+    (`sources.python3.11-doc.ratio`) is matched against the keys already in `data`, or quoted. `default`
+    is what the field holds when the files leave it out (None where there is no one default).
+    """
+    parts = split_key(dotted)
+    steps: list[tuple[str, Any]] = []
+    candidates: list[Any] = [model]
+    node: Any = data
+    i = 0
+    while i < len(parts):
+        if any(c is Any for c in candidates):
+            return steps + [(name, None) for name, _ in parts[i:]], [Any]
+        models = [c for c in candidates if _is_model(c)]
+        mappings = [c for c in candidates if _is_mapping_type(c)]
+        name, quoted = parts[i]
+        step = 1
+        if mappings and not quoted and not any(name in m.model_fields for m in models) and isinstance(node, dict):
+            for n in range(len(parts) - i, 1, -1):
+                run = parts[i:i + n]
+                joined = ".".join(part for part, _ in run)
+                if not any(was_quoted for _, was_quoted in run) and joined in node:
+                    name, step = joined, n
+                    break
+        fields = [m.model_fields[name] for m in models if name in m.model_fields]
+        found = [f.annotation for f in fields]
+        found += [_mapping_value_type(c) for c in mappings]
+        parent = ".".join(key for key, _ in steps)
+        if not found:
+            if models:
+                names = sorted({f for m in models for f in m.model_fields})
+                so_far = f"{parent}.{name}" if parent else name
+                raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: unknown key '{so_far}'" + _suggest(name, names))
+            raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' is not a section, has no key '{name}'")
+        steps.append((name, fields[0].get_default(call_default_factory=True) if len(fields) == 1 else None))
+        candidates = [branch for tp in found for branch in _branches(tp)]
+        node = node.get(name) if isinstance(node, dict) else None
+        i += step
+    return steps, candidates
+
+
+def _section_default(default: Any) -> dict[str, Any]:
+    """The raw tree a section the files leave out starts from, so that `--set` changes only the key it names."""
+    if isinstance(default, BaseModel):
+        return default.model_dump(mode="json")
+    if isinstance(default, Mapping):
+        return copy.deepcopy(dict(default))
+    return {}
 
 
 def _as_model(tp: Any) -> type[BaseModel] | None:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if len(models) == 1:
-            return models[0]
-    return None
+    models = [branch for branch in _branches(tp) if _is_model(branch)]
+    return models[0] if len(models) == 1 else None
 
 
 def _is_mapping_type(tp: Any) -> bool:
@@ -180,9 +250,17 @@ def _is_mapping_type(tp: Any) -> bool:
     return tp is dict or origin is dict or (isinstance(origin, type) and issubclass(origin, Mapping))
 
 
-def _suggest(key: str, model: type[BaseModel]) -> str:
-    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.5)
+def _suggest(key: str, names: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _override_value(text: str, candidates: Sequence[Any]) -> Any:
+    """`text` as YAML, except that a key only a string can hold keeps it as written (`mem=0`, `env.X=1`)."""
+    value = parse_value(text)
+    if candidates and all(c is str for c in candidates) and isinstance(value, bool | int | float):
+        return text.strip()
+    return value
 
 
 def apply_overrides(
@@ -193,20 +271,17 @@ def apply_overrides(
         if "=" not in item:
             raise ConfigError(f"{OVERRIDE_ORIGIN} {item!r}: expected dotted.key=value")
         dotted, text = item.split("=", 1)
-        dotted = dotted.strip()
-        parts = dotted.split(".")
-        if not all(parts):
-            raise ConfigError(f"{OVERRIDE_ORIGIN} {item!r}: empty key")
-        _field_type_at(model, parts, dotted)
+        steps, candidates = _override_target(model, data, dotted.strip())
         node = data
-        for part in parts[:-1]:
-            child = node.get(part)
+        for key, default in steps[:-1]:
+            child = node.get(key)
             if not isinstance(child, dict):
-                child = {}
-                node[part] = child
+                child = _section_default(default) if key not in node else {}
+                node[key] = child
             node = child
-        node[parts[-1]] = parse_value(text)
-        _record_origins(node[parts[-1]], dotted, origins, OVERRIDE_ORIGIN)
+        key = steps[-1][0]
+        node[key] = _override_value(text, candidates)
+        _record_origins(node[key], ".".join(k for k, _ in steps), origins, OVERRIDE_ORIGIN)
     return data
 
 
@@ -247,7 +322,7 @@ def format_validation_error(exc: ValidationError, origins: Mapping[str, str], de
         where = _origin_of(dotted, origins, default)
         if err["type"] == "extra_forbidden":
             parent = _model_at(model, err["loc"]) if model is not None else None
-            what = "unknown key" + (_suggest(str(err["loc"][-1]), parent) if parent else "")
+            what = "unknown key" + (_suggest(str(err["loc"][-1]), parent.model_fields) if parent else "")
         elif err["type"] == "missing":
             what = "missing required key"
             where = default

@@ -261,7 +261,21 @@ def run(config: MixConfig) -> Path:
     write_mixture_croissant(root, manifest)
     log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), n_tokens,
              config.target_tokens, ", ".join(goal), root)
+    print_summary(root, manifest)
     return root
+
+
+def print_summary(root: Path, manifest: dict[str, Any]) -> None:
+    """What the stage wrote, on the console: a successful run would otherwise be silent."""
+    print(f"atom mix: {root}")
+    print(f"  tokens: {manifest['n_tokens']:,} (target {manifest['target_tokens']:,}) in {manifest['n_docs']:,} "
+          f"documents from {len(manifest['datasets'])} dataset(s)")
+    for name, s in manifest["sources"].items():
+        print(f"  source {name}: {s['tokens']:,} tokens, ratio {s['ratio']:.3f} (target {s['target_ratio']:.3f}), "
+              f"{s['docs']:,} documents, {s['repetitions']:.2f} passes over its data")
+    if manifest["excluded_sources"]:
+        print(f"  left out: {', '.join(manifest['excluded_sources'])}")
+    print(f"  order: {root / fmt.SEQUENCE_ARRAY} and {root / fmt.SEQUENCE_TABLE}")
 
 
 STAGE = Stage(

@@ -328,7 +328,21 @@ def run(config: SynthConfig) -> Path:
     accepted = sum(r.accepted for r in records)
     log.info("synth: %d samples, %d accepted, %d rejected (%d malformed), %d documents kept -> %s",
              attempted, accepted, attempted - accepted, len(malformed), len(kept), root)
+    print_summary(root, manifest)
     return root
+
+
+def print_summary(root: Path, manifest: dict[str, Any]) -> None:
+    """What the stage wrote, on the console: a successful run would otherwise be silent."""
+    print(f"atom synth: {root} (backend {manifest['backend']['kind']})")
+    for kind, k in manifest["records"]["by_kind"].items():
+        print(f"  {kind}: {k['attempted']:,} attempted, {k['accepted']:,} accepted, {k['rejected']:,} rejected, "
+              f"{k['kept']:,} kept")
+    quarantined = manifest["quarantine"][DROP_MALFORMED]
+    print(f"  quarantined: {quarantined}" + (f" malformed -> {root / QUARANTINE_DIR}" if quarantined else ""))
+    docs = sum(o["documents"] for o in manifest["outputs"])
+    print(f"  curated: {docs:,} documents in {len(manifest['outputs'])} files under {root / CURATED_DIR}")
+    print(f"  records: {manifest['records']['rows']:,} rows in {root / RECORDS_FILE}")
 
 
 def _url(rec: Record, url_of: dict[int, str]) -> str:

@@ -180,7 +180,19 @@ def run(config: TokenizerConfig) -> Path:
     write_json(out / "manifest.json", manifest)
     log.info("tokenizer: vocab %d from %d documents (%d chars) -> %s",
              manifest["vocab_size"], seen["docs"], seen["chars"], out)
+    print_summary(out, manifest)
     return out
+
+
+def print_summary(out: Path, manifest: dict[str, Any]) -> None:
+    """What the stage wrote, on the console: a successful run would otherwise be silent."""
+    data = manifest["training_data"]
+    print(f"atom tokenizer: {out}")
+    print(f"  vocab: {manifest['vocab_size']:,} tokens ({len(manifest['special_tokens'])} special)")
+    print(f"  trained on: {data['docs']:,} documents, {data['chars']:,} characters of "
+          f"{manifest['config']['input']}")
+    print("  documents per source: " + ", ".join(f"{k}={v:,}" for k, v in data["sources"].items()))
+    print(f"  files: {', '.join(FILES)}, manifest.json")
 
 
 def load_tokenizer(path: str | Path):

@@ -283,7 +283,20 @@ def run(config: TokenizeConfig) -> Path:
     write_dataset_croissant(root, manifest)
     log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
              writer.n_docs, writer.n_tokens, dtype, len(shards), root)
+    print_summary(root, manifest)
     return root
+
+
+def print_summary(root: Path, manifest: dict[str, Any]) -> None:
+    """What the stage wrote, on the console: a successful run would otherwise be silent."""
+    print(f"atom tokenize: {root}")
+    print(f"  tokens: {manifest['n_tokens']:,} ({manifest['dtype']}) from {manifest['n_docs']:,} documents in "
+          f"{len(manifest['shards'])} shard(s) under {root / fmt.TOKENS_DIR}")
+    for name, source in manifest["sources"].items():
+        licenses = ", ".join(source["licenses"])
+        print(f"  source {name}: {source['tokens']:,} tokens, {source['docs']:,} documents ({licenses})")
+    print(f"  provenance: {manifest['provenance']['rows']:,} rows in {root / fmt.PROVENANCE}; "
+          f"tokenizer copied to {root / fmt.TOKENIZER_DIR}")
 
 
 STAGE = Stage(

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig, load_config, parse_value
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig, load_config, load_yaml_tree, parse_value
 
 
 class Optim(ConfigModel):
@@ -144,3 +145,116 @@ def test_a_check_across_keys_says_its_message_without_dumping_the_config(tmp_pat
     with pytest.raises(ConfigError) as err:
         load_config(Windowed, cfg)
     assert str(err.value) == f"{cfg}: seq_len=4096 exceeds max_seq_len=512"
+
+
+# ---------------------------------------------------------------------------------------------
+# `--set` reaches every key a YAML file can set
+# ---------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+# Each shipped config and the config model it is read with (a stage's, a model section's, a cluster profile's).
+SHIPPED = {
+    "quickstart.yaml": "quickstart",
+    "data/fineweb_like.yaml": "data", "data/sample.yaml": "data", "data/mix.yaml": "mix",
+    "data/synth_reasoning.yaml": "synth", "data/synth_rejection.yaml": "synth", "data/tokenize.yaml": "tokenize",
+    "data/tokenizer.yaml": "tokenizer",
+    "model/dense_small.yaml": "model", "model/olmoe_1b_7b.yaml": "model", "model/tiny_moe.yaml": "model",
+    "quickstart/data.yaml": "data", "quickstart/midtrain.yaml": "midtrain", "quickstart/mix_midtrain.yaml": "mix",
+    "quickstart/mix_pretrain.yaml": "mix", "quickstart/pretrain.yaml": "pretrain", "quickstart/synth.yaml": "synth",
+    "quickstart/synth_tokens.yaml": "tokenize", "quickstart/tokenizer.yaml": "tokenizer",
+    "quickstart/tokens.yaml": "tokenize",
+    "slurm/example_gpu.yaml": "profile", "slurm/local.yaml": "profile",
+}
+
+
+def config_model(kind: str) -> type[ConfigModel]:
+    from atom.cli import load_stage
+    from pretrain.model.config import MoEModelConfig
+    from slurm.profile import ClusterProfile
+
+    return {"model": MoEModelConfig, "profile": ClusterProfile}.get(kind) or load_stage(kind).config_cls
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """dotted key -> value of every non-section value of a raw config tree."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def as_override_text(value: object) -> str:
+    """How a user writes `value` on the command line: one line of YAML."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
+
+
+def test_every_shipped_config_is_checked():
+    shipped = {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
+    assert shipped == set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_set_every_key_to_its_value_leaves_the_config_unchanged(name: str):
+    """Every key the file sets, and every key of the resolved config (defaults included), can be `--set`."""
+    path, model = REPO / "configs" / name, config_model(SHIPPED[name])
+    resolved = load_config(model, path).to_dict()
+    keys = {**leaves(resolved), **leaves(load_yaml_tree(path, {}))}
+    assert keys
+    for key, value in keys.items():
+        override = f"{key}={as_override_text(value)}"
+        assert load_config(model, path, [override]).to_dict() == resolved, override
+
+
+def test_set_reaches_into_a_free_form_section():
+    """midtrain's `model:` holds only changes to the parent's model config (a free-form mapping)."""
+    cfg = load_config(config_model("midtrain"), REPO / "configs/quickstart/midtrain.yaml",
+                      ["model.rope.scaling=none", "model.moe.aux_loss_weight=0.02"])
+    assert cfg.model["rope"] == {"scaling": "none", "factor": 2.0, "original_max_position": 512}
+    assert cfg.model["moe"] == {"aux_loss_weight": 0.02}
+
+
+class Local(ConfigModel):
+    kind: str = "local"
+    model_dir: str
+
+
+class Remote(ConfigModel):
+    kind: str = "remote"
+    url: str
+
+
+class Filter(ConfigModel):
+    enabled: bool = True
+    params: dict[str, float] = {}
+
+
+class Shapes(ConfigModel):
+    backend: Local | Remote | None = None
+    extra: Optim | None = None
+    sources: dict[str, Optim] = {}
+    env: dict[str, str] = {}
+    mem: str | None = None
+    strict: Filter = Filter(params={"threshold": 0.5})
+
+
+def test_set_through_unions_nullable_sections_and_dotted_mapping_keys(tmp_path: Path):
+    cfg_path = write(tmp_path / "s.yaml", "sources:\n  python3.11-doc: {lr: 0.1}\n")
+    cfg = load_config(Shapes, cfg_path, ["backend.url=http://h", "extra.lr=2", "sources.python3.11-doc.lr=0.3",
+                                         'sources."a.b".lr=0.4', "env.OMP_NUM_THREADS=8", "mem=0",
+                                         "strict.enabled=false"])
+    assert cfg.backend == Remote(url="http://h") and cfg.extra == Optim(lr=2.0)
+    assert cfg.sources == {"python3.11-doc": Optim(lr=0.3), "a.b": Optim(lr=0.4)}
+    assert cfg.env == {"OMP_NUM_THREADS": "8"} and cfg.mem == "0"
+    assert cfg.strict == Filter(enabled=False, params={"threshold": 0.5})  # the section's own default is kept
+    assert load_config(Shapes, cfg_path, ["mem=null"]).mem is None
+    with pytest.raises(ConfigError, match=r"unknown key 'backend.uri' \(did you mean 'url'\?\)"):
+        load_config(Shapes, cfg_path, ["backend.uri=x"])
+    with pytest.raises(ConfigError, match="stray"):
+        load_config(Shapes, cfg_path, ['sources."a.lr=1'])
+
+
+def test_a_quoted_number_stays_text():
+    assert parse_value("'1'") == "1" and parse_value('"3e-4"') == "3e-4"
