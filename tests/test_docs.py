@@ -438,6 +438,8 @@ def test_every_doc_command_is_covered():
     missing = uncovered(shown)
     assert not missing, "commands in the docs that no test runs (add them to COMMANDS):\n" + "\n".join(
         map(str, missing))
+    modes = {command: how.mode for command, how in COMMANDS.items()}
+    assert set(modes.values()) <= {"run", "dry-run", "parse", "not run"}, modes
     stale = set(COMMANDS) - {item.text for item in shown}
     assert not stale, f"COMMANDS entries no doc shows any more: {sorted(stale)}"
 
