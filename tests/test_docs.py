@@ -8,7 +8,8 @@ covered:
 - synopses (capitalised or <bracketed> placeholders, [optional] parts) and inline mentions of `atom STAGE`:
   the subcommand, its choices and every option they name must exist in `atom`'s real parser;
 - `--set KEY=VALUE` examples: the override must apply to one of the README's example configs, loaded with
-  the stage's real config model; the `--profile-set` examples of `atom submit --help` to a real profile;
+  the stage's real config model; each stage's `--set` example in its --help to that stage's config, and the
+  `--profile-set` examples of `atom submit --help` to a real profile;
 - the quickstart table's command column: each `atom STAGE` must be a step of `configs/quickstart.yaml`;
 - every other command must be in COMMANDS, which says how it runs: fully ("run"), as a dry run with the
   real parser and config ("dry-run", with the reason), by its parser alone ("parse", with the reason), or
@@ -500,6 +501,22 @@ def test_help_profile_set_examples_apply():
     assert examples, "atom submit --help shows no --profile-set example"
     for _, override in examples:
         check_profile_override(override)
+
+
+def test_help_set_examples_apply_to_their_stage():
+    """Each stage's `--set` example in its --help applies to that stage's example config (the README's, or the
+    quickstart's own); a stage with none loadable (longdocs, soup) to some example config."""
+    examples = dict(help_examples("--set"))
+    assert set(examples) == set(STAGES), f"stages whose --help shows no --set example: {set(STAGES) - set(examples)}"
+    for stage, override in examples.items():
+        configs = [c for s, c in readme_example_configs() if s == stage and config_loads(s, c, []) is None]
+        if stage == "quickstart":
+            configs.append(str(DEFAULT_CONFIG.relative_to(REPO)))
+        if not configs:
+            check_override(override)
+            continue
+        errors = [config_loads(stage, config, [override]) for config in configs]
+        assert None in errors, f"atom {stage} --help: `--set {override}` fails on {configs}: {errors}"
 
 
 def test_checks_catch_wrong_commands():
