@@ -134,7 +134,7 @@ def select(lengths: np.ndarray, target: int, rng: np.random.Generator) -> tuple[
 
 
 def run(config: MixConfig) -> Path:
-    from data_pipeline.croissant import write_mixture_croissant
+    from data_pipeline.croissant import write_croissant
 
     goal = targets(config)
     datasets = _open_datasets(config)
@@ -258,7 +258,7 @@ def run(config: MixConfig) -> Path:
         "curation": [ds.manifest.get("curation") for ds in datasets],
     }
     write_json(root / fmt.MANIFEST, manifest)
-    write_mixture_croissant(root, manifest)
+    write_croissant(root, manifest)
     log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), n_tokens,
              config.target_tokens, ", ".join(goal), root)
     return root
