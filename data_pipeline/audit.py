@@ -1,10 +1,35 @@
 """`atom audit PATH`: verify a token dataset or mixture from its manifest, offline, with no trust in it.
 
-Every file is re-hashed and re-sized; tokens and documents are recounted from the files themselves;
-every document must have a license (within an allow-list when one is given); the provenance table must
-cover every token exactly once and agree with the shards' document boundaries; per-source counts and
-the Croissant metadata must agree with the manifest. A mixture is checked against the datasets it
-references (whose manifests it pins by sha256), and those datasets are audited too.
+Every file is re-hashed and re-sized, every license checked (within an allow-list when one is given),
+and every number the manifest states is recomputed from the files it describes; a value that differs
+fails a check on the manifest named by the field (`tokenizer.eos_id`, `shards[2].n_tokens`, ...):
+
+    dataset manifest field          recomputed from
+    kind, eos_appended              the schema (dataset, true); EOS checked after every document
+    tokenizer.eos_*/pad_*/vocab     tokenizer/ (its files hash-checked first); shards are read with these
+    tokenizer.sha256, files         sha256 and size of tokenizer/*
+    dtype                           choose_dtype(vocab from tokenizer/, config.dtype)
+    shards[i] path/index.path       the layout tokens/NNNNN.ds(.index)
+    shards[i] bytes, sha256         the file (bytes alone off, with the sha256 right: the manifest fails)
+    shards[i] n_tokens, n_docs      file size / dtype, length of the .ds.index
+    shards[i] token/doc_offset      running sums of the shards before it
+    n_tokens, n_docs                sums over the shard files
+    provenance bytes/sha256, rows   the file, its row count (rows also = documents, ranges = shards)
+    sources.*                       tokens, docs and licenses counted from provenance.parquet
+    curation                        the curated run's manifest.json (at config.input) when present
+    config, code_version            not recomputable: recorded as given
+
+    mixture manifest field          recomputed from
+    datasets[i] manifest_sha256     sha256 of that manifest.json (the dataset is audited in full)
+    datasets[i] n_tokens, n_docs    that (audited) dataset manifest
+    dtype, tokenizer, curation      the dataset manifests
+    sequence.array/table            the files; the table agrees with sequence.npy row by row
+    n_tokens, n_docs                sequence.npy
+    target_tokens, sources.*        config (mix.targets), sequence.npy + dataset provenance: targets,
+    excluded_sources                ratios, tokens, docs, available, repetitions, max_epoch, licenses
+
+croissant.json (both) is regenerated from manifest.json and compared byte for byte; its name pins the
+manifest's sha256. A mixture is checked against the datasets it references, which are audited too.
 
 `audit()` returns an `AuditReport` (a list of named checks, each on one file); the CLI prints it and
 exits 0 when every check holds, 1 otherwise.
@@ -170,7 +195,7 @@ def _differences(stated: Any, actual: Any, path: str) -> list[tuple[str, Any, An
     return [] if same else [(path, stated, actual)]
 
 
-def _agree(report: AuditReport, file: str, field: str, stated: Any, actual: Any, source: str) -> bool:
+def agree(report: AuditReport, file: str, field: str, stated: Any, actual: Any, source: str) -> bool:
     """A check on `file` named by the manifest `field`: what it states equals what `source` recomputes."""
     diffs = _differences(stated, actual, field)
     detail = "; ".join(f"{'' if p == field else p + ': '}{file} states {a!r}, {source} gives {b!r}"
@@ -215,21 +240,21 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
         return
     if not prefix:
         report.summary.update({"tokens": n_tokens, "documents": n_docs, "shards": len(shards)})
-    _agree(report, mname, "kind", manifest.get("kind"), "dataset", f"schema {fmt.DATASET_SCHEMA}")
-    _agree(report, mname, "eos_appended", manifest.get("eos_appended"), True, f"schema {fmt.DATASET_SCHEMA}")
+    agree(report, mname, "kind", manifest.get("kind"), "dataset", f"schema {fmt.DATASET_SCHEMA}")
+    agree(report, mname, "eos_appended", manifest.get("eos_appended"), True, f"schema {fmt.DATASET_SCHEMA}")
 
     # The tokenizer's numbers come from its hashed files; the shards are then read with those, so an
     # edited manifest value fails here, on manifest.json, and not as a property of the shards.
     facts = _tokenizer_facts(root, tok, report, prefix)
     if facts is not None:
         for key, value in facts.items():
-            _agree(report, mname, f"tokenizer.{key}", tok.get(key), value, prefix + tok_name)
+            agree(report, mname, f"tokenizer.{key}", tok.get(key), value, prefix + tok_name)
         eos, vocab = int(facts["eos_id"]), int(facts["vocab_size"])
         try:
             expected_dtype = fmt.choose_dtype(vocab, config.get("dtype", "auto"))
         except ConfigError as exc:
             expected_dtype = f"none ({exc})"
-        _agree(report, mname, "dtype", dtype_name, expected_dtype,
+        agree(report, mname, "dtype", dtype_name, expected_dtype,
                f"vocab {vocab} and config.dtype {config.get('dtype', 'auto')!r}")
         dtype_name = expected_dtype if expected_dtype in fmt.DTYPES else dtype_name
     dtype = np.dtype(fmt.DTYPES[dtype_name]).newbyteorder("<")
@@ -242,7 +267,7 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
     for i, shard in enumerate(shards):
         name = prefix + shard["path"]
         listed.update({shard["path"], shard["index"]["path"]})
-        _agree(report, mname, f"shards[{i}].path", [shard["path"], shard["index"]["path"]],
+        agree(report, mname, f"shards[{i}].path", [shard["path"], shard["index"]["path"]],
                [fmt.shard_name(i), fmt.shard_name(i) + fmt.INDEX_SUFFIX], f"the shard layout of {fmt.DATASET_SCHEMA}")
         ok_tokens = _file(report, shard, root, prefix, f"shards[{i}]")
         ok_index = _file(report, shard["index"], root, prefix, f"shards[{i}].index")
@@ -302,7 +327,7 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
             report.add(pname, "readable Parquet", False, str(exc))
             table = None
         if table is not None:
-            _audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize=not prefix,
+            audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize=not prefix,
                               totals=(token_total, doc_total))
 
     sources = manifest.get("sources", {})
@@ -337,12 +362,12 @@ def _audit_curation(manifest: dict[str, Any], report: AuditReport, mname: str, s
     if not report.add(str(file), "a curation manifest", isinstance(curated, dict), "not a JSON object"):
         return
     expected = CuratedRun(Path(source), [], curated, sha256_file(file), 0).inherited()
-    _agree(report, mname, "curation", stated, expected, str(file))
+    agree(report, mname, "curation", stated, expected, str(file))
     if summarize:
         report.summary["curation"] = f"compared with {file}"
 
 
-def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize: bool,
+def audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize: bool,
                       totals: tuple[int, int] | None = None) -> None:
     """The provenance table against the shards (`ends_global`: each shard's document ends, global) and the
     manifest; `totals` (tokens, documents) as recounted from the shards, else the manifest's."""
@@ -352,7 +377,7 @@ def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow,
         return
     report.add(pname, "one row per document", table.num_rows == n_docs,
                f"{table.num_rows} rows for {n_docs} documents")
-    _agree(report, mname, "provenance.rows", manifest["provenance"].get("rows"), table.num_rows, pname)
+    agree(report, mname, "provenance.rows", manifest["provenance"].get("rows"), table.num_rows, pname)
     start = table.column("token_start").to_numpy()
     end = table.column("token_end").to_numpy()
     covers = (len(start) > 0 and start[0] == 0 and end[-1] == n_tokens and np.array_equal(start[1:], end[:-1])
@@ -380,7 +405,7 @@ def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow,
         entry["tokens"] += n
         entry["docs"] += 1
         entry["licenses"][lic] = entry["licenses"].get(lic, 0) + 1
-    _agree(report, mname, "sources", manifest.get("sources", {}), counted, pname)
+    agree(report, mname, "sources", manifest.get("sources", {}), counted, pname)
     if summarize:
         report.summary["sources"] = len(counted)
         report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if v}))
@@ -455,7 +480,7 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
             continue
         _audit_dataset(ds_root, ds_manifest, report, allow, prefix)
         for key in ("n_tokens", "n_docs"):
-            _agree(report, mname, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
+            agree(report, mname, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
                    prefix + fmt.MANIFEST)
         try:
             prov = pq.read_table(ds_root / ds_manifest["provenance"]["path"])
@@ -551,14 +576,14 @@ def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
         tokenizer = {k: first["tokenizer"][k] for k in ("sha256", "eos_id", "vocab_size")}
     except (KeyError, TypeError):
         return  # a malformed dataset manifest, failed by its own audit
-    _agree(report, fmt.MANIFEST, "dtype", manifest.get("dtype"), first.get("dtype"), where)
-    _agree(report, fmt.MANIFEST, "tokenizer", manifest.get("tokenizer"), tokenizer, where)
+    agree(report, fmt.MANIFEST, "dtype", manifest.get("dtype"), first.get("dtype"), where)
+    agree(report, fmt.MANIFEST, "tokenizer", manifest.get("tokenizer"), tokenizer, where)
     others = [e["path"] for e, m in zip(entries, ds_manifests, strict=True)
               if (m.get("tokenizer") or {}).get("sha256") != tokenizer["sha256"]
               or m.get("dtype") != first.get("dtype")]
     report.add(fmt.MANIFEST, "one tokenizer and dtype", not others,
                f"datasets {others} differ from {entries[0]['path']}")
-    _agree(report, fmt.MANIFEST, "curation", manifest.get("curation"), [m.get("curation") for m in ds_manifests],
+    agree(report, fmt.MANIFEST, "curation", manifest.get("curation"), [m.get("curation") for m in ds_manifests],
            "the datasets' manifests")
 
 
@@ -576,7 +601,7 @@ def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndar
     except (ValueError, TypeError, ConfigError) as exc:
         report.add(mname, "config", False, f"the recorded mix config does not validate: {exc}")
         return
-    _agree(report, mname, "target_tokens", manifest.get("target_tokens"), cfg.target_tokens, "config.target_tokens")
+    agree(report, mname, "target_tokens", manifest.get("target_tokens"), cfg.target_tokens, "config.target_tokens")
     available: dict[str, list[int]] = {}
     for table in tables:
         lengths = (table.column("token_end").to_numpy() - table.column("token_start").to_numpy()).tolist()
@@ -606,6 +631,6 @@ def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndar
             "licenses": {str(k): int(c) for k, c in zip(lic, counts, strict=True)},
         }
     source = f"{fmt.SEQUENCE_ARRAY}, the datasets' provenance and the recorded config"
-    _agree(report, mname, "sources", manifest.get("sources"), expected, source)
+    agree(report, mname, "sources", manifest.get("sources"), expected, source)
     excluded = {name: {"tokens": t, "docs": d} for name, (t, d) in sorted(available.items()) if name not in goal}
-    _agree(report, mname, "excluded_sources", manifest.get("excluded_sources"), excluded, "the datasets' provenance")
+    agree(report, mname, "excluded_sources", manifest.get("excluded_sources"), excluded, "the datasets' provenance")
