@@ -13,6 +13,7 @@ fails a check on the manifest named by the field (`tokenizer.eos_id`, `shards[2]
     shards[i] bytes, sha256         the file (bytes alone off, with the sha256 right: the manifest fails)
     shards[i] n_tokens, n_docs      file size / dtype, length of the .ds.index
     shards[i] token/doc_offset      running sums of the shards before it
+    config.shard_tokens             each shard closes at the first document that reaches it
     n_tokens, n_docs                sums over the shard files
     provenance bytes/sha256, rows   the file, its row count (rows also = documents, ranges = shards)
     sources.*                       tokens, docs and licenses counted from provenance.parquet
@@ -295,6 +296,13 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
             report.add(mname, "token count", size % dtype.itemsize == 0 and counted == shard["n_tokens"],
                        f"shards[{i}].n_tokens ({shard['path']}): {shard['n_tokens']} tokens recorded, "
                        f"{size} bytes = {counted} {dtype.name} tokens in the file")
+            cap = config.get("shard_tokens")
+            if isinstance(cap, int) and ends is not None and len(ends) and int(ends[-1]) == counted:
+                # tokenize closes a shard at the first document that brings it to shard_tokens
+                before_last = int(ends[-2]) if len(ends) > 1 else 0
+                report.add(mname, "config.shard_tokens", before_last < cap and (i == len(shards) - 1 or counted >= cap),
+                           f"shards[{i}] ({shard['path']}) holds {counted} tokens, {before_last} before its last "
+                           f"document: not how tokenize splits at config.shard_tokens {cap}")
             if counted:
                 tokens = np.memmap(path, dtype=dtype, mode="r")
                 top = max(int(tokens[j:j + CHUNK].max()) for j in range(0, len(tokens), CHUNK))

@@ -10,6 +10,8 @@
    a stage's parent is the previous stage's checkpoint.
 4. weights: config.json is the trained architecture; transformers loads the weights (no missing or
    unexpected tensors) and the tokenizer offline, and generates.
+   release.json's own numbers (totals, weights' origin, tokenizer ids, model sizes, per-stage budget and
+   data) are recomputed and a difference names the field (table in docs/release.md).
 5. with --data DIR: DIR is the data a stage trained on (manifest sha256), passes the dataset/mixture
    audit (every shard re-hashed), and its tokens under the trained windows hash to the recorded digest.
 """

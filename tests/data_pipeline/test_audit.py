@@ -182,6 +182,7 @@ DATASET_FIELDS = {
     "license count": (_bump(("sources", "stdlib-api-docs", "licenses", "PSF-2.0")),
                       "sources.stdlib-api-docs.licenses.PSF-2.0"),
     "kind": (_set(("kind",), "mixture"), "kind"),
+    "shard_tokens": (_set(("config", "shard_tokens"), 50_000), "config.shard_tokens"),
 }
 
 
