@@ -1,10 +1,36 @@
 """`atom audit PATH`: verify a token dataset or mixture from its manifest, offline, with no trust in it.
 
-Every file is re-hashed and re-sized; tokens and documents are recounted from the files themselves;
-every document must have a license (within an allow-list when one is given); the provenance table must
-cover every token exactly once and agree with the shards' document boundaries; per-source counts and
-the Croissant metadata must agree with the manifest. A mixture is checked against the datasets it
-references (whose manifests it pins by sha256), and those datasets are audited too.
+Every file is re-hashed and re-sized, every license checked (within an allow-list when one is given),
+and every number the manifest states is recomputed from the files it describes; a value that differs
+fails a check on the manifest named by the field (`tokenizer.eos_id`, `shards[2].n_tokens`, ...):
+
+    dataset manifest field          recomputed from
+    kind, eos_appended              the schema (dataset, true); EOS checked after every document
+    tokenizer.eos_*/pad_*/vocab     tokenizer/ (its files hash-checked first); shards are read with these
+    tokenizer.sha256, files         sha256 and size of tokenizer/*
+    dtype                           choose_dtype(vocab from tokenizer/, config.dtype)
+    shards[i] path/index.path       the layout tokens/NNNNN.ds(.index)
+    shards[i] bytes, sha256         the file (bytes alone off, with the sha256 right: the manifest fails)
+    shards[i] n_tokens, n_docs      file size / dtype, length of the .ds.index
+    shards[i] token/doc_offset      running sums of the shards before it
+    config.shard_tokens             each shard closes at the first document that reaches it
+    n_tokens, n_docs                sums over the shard files
+    provenance bytes/sha256, rows   the file, its row count (rows also = documents, ranges = shards)
+    sources.*                       tokens, docs and licenses counted from provenance.parquet
+    curation                        the curated run's manifest.json (at config.input) when present
+    config, code_version            not recomputable: recorded as given
+
+    mixture manifest field          recomputed from
+    datasets[i] manifest_sha256     sha256 of that manifest.json (the dataset is audited in full)
+    datasets[i] n_tokens, n_docs    that (audited) dataset manifest
+    dtype, tokenizer, curation      the dataset manifests
+    sequence.array/table            the files; the table agrees with sequence.npy row by row
+    n_tokens, n_docs                sequence.npy
+    target_tokens, sources.*        config (mix.targets), sequence.npy + dataset provenance: targets,
+    excluded_sources                ratios, tokens, docs, available, repetitions, max_epoch, licenses
+
+croissant.json (both) is regenerated from manifest.json and compared byte for byte; its name pins the
+manifest's sha256. A mixture is checked against the datasets it references, which are audited too.
 
 `audit()` returns an `AuditReport` (a list of named checks, each on one file); the CLI prints it and
 exits 0 when every check holds, 1 otherwise.
@@ -23,6 +49,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.config import ConfigError, load_yaml_tree
 from data_pipeline.manifest import sha256_file, verify_file_record
+from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
 
 CHUNK = 1 << 24  # tokens per read when scanning a shard
@@ -124,7 +151,15 @@ def _read_manifest(root: Path, report: AuditReport, prefix: str = "") -> dict[st
     return manifest
 
 
-def _file(report: AuditReport, record: dict[str, Any], root: Path, prefix: str) -> bool:
+def _file(report: AuditReport, record: dict[str, Any], root: Path, prefix: str, field: str) -> bool:
+    """The file a manifest record (at `field`) names has its sha256 and size. A file with the recorded
+    sha256 but another size means the manifest's `bytes` was edited: that fails on the manifest."""
+    path = root / record["path"]
+    if path.is_file() and path.stat().st_size != record.get("bytes") and sha256_file(path) == record.get("sha256"):
+        report.add(prefix + fmt.MANIFEST, f"{field}.bytes", False,
+                   f"{fmt.MANIFEST} states {record.get('bytes')!r}, {record['path']} (whose sha256 "
+                   f"is the recorded one) has {path.stat().st_size}")
+        return True
     problem = verify_file_record(record, root)
     return report.add(prefix + record["path"], "sha256 and size", problem is None, problem or "")
 
@@ -139,19 +174,91 @@ def _licenses(report: AuditReport, file: str, licenses: np.ndarray, ids: np.ndar
                    f"{', '.join(outside)} not in allow-list {allow}")
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
+
+
+def _differences(stated: Any, actual: Any, path: str) -> list[tuple[str, Any, Any]]:
+    """(field path, stated, recomputed) for every leaf where two JSON values differ (1, 1.0 and true differ)."""
+    if isinstance(stated, dict) and isinstance(actual, dict):
+        return [d for key in sorted(set(stated) | set(actual), key=str)
+                for d in _differences(stated.get(key, ABSENT), actual.get(key, ABSENT), f"{path}.{key}")]
+    if isinstance(stated, list) and isinstance(actual, list) and len(stated) == len(actual):
+        return [d for i, (a, b) in enumerate(zip(stated, actual, strict=True))
+                for d in _differences(a, b, f"{path}[{i}]")]
+    if stated is ABSENT or actual is ABSENT:
+        return [(path, stated, actual)]
+    same = json.dumps(stated, sort_keys=True) == json.dumps(actual, sort_keys=True)
+    return [] if same else [(path, stated, actual)]
+
+
+def agree(report: AuditReport, file: str, field: str, stated: Any, actual: Any, source: str) -> bool:
+    """A check on `file` named by the manifest `field`: what it states equals what `source` recomputes."""
+    diffs = _differences(stated, actual, field)
+    detail = "; ".join(f"{'' if p == field else p + ': '}{file} states {a!r}, {source} gives {b!r}"
+                       for p, a, b in diffs[:4])
+    return report.add(file, field, not diffs, detail + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""))
+
+
+def _tokenizer_facts(root: Path, tok: dict[str, Any], report: AuditReport, prefix: str) -> dict[str, Any] | None:
+    """eos/pad tokens and ids and the vocab size as the dataset's own copy of the tokenizer gives them, or
+    None when those files are not the ones the manifest pins (then they are what fails)."""
+    from data_pipeline.tokens.tokenize import open_tokenizer
+
+    ok = all([_file(report, record, root, prefix, f"tokenizer.files[{j}]")
+              for j, record in enumerate(tok.get("files", []))])
+    tok_json = root / fmt.TOKENIZER_DIR / TOKENIZER_FILE
+    if not tok_json.is_file():
+        return None
+    ok &= report.add(prefix + f"{fmt.TOKENIZER_DIR}/{TOKENIZER_FILE}", "tokenizer hash matches manifest",
+                     sha256_file(tok_json) == tok.get("sha256"), "sha256 differs from manifest tokenizer.sha256")
+    if not ok:
+        return None
+    try:
+        _, info, _ = open_tokenizer(root / fmt.TOKENIZER_DIR, "auto")
+    except Exception as exc:  # noqa: BLE001 - a pinned tokenizer that does not load is a failed check
+        report.add(prefix + fmt.TOKENIZER_DIR, "loads", False, f"{type(exc).__name__}: {exc}")
+        return None
+    return info
+
+
 def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, allow, prefix: str) -> None:
     mname = prefix + fmt.MANIFEST
+    tok_name = f"{fmt.TOKENIZER_DIR}/{TOKENIZER_FILE}"
     try:
-        dtype = np.dtype(fmt.DTYPES[manifest["dtype"]]).newbyteorder("<")
         shards = manifest["shards"]
         tok = manifest["tokenizer"]
-        eos, vocab = int(tok["eos_id"]), int(tok["vocab_size"])
+        eos, vocab, dtype_name = int(tok["eos_id"]), int(tok["vocab_size"]), str(manifest["dtype"])
         n_tokens, n_docs = int(manifest["n_tokens"]), int(manifest["n_docs"])
+        config = manifest.get("config") or {}
+        fmt.DTYPES[dtype_name]  # noqa: B018 - a KeyError here is a malformed manifest
     except (KeyError, TypeError, ValueError) as exc:
         report.add(mname, "required keys", False, f"malformed manifest: {exc!r}")
         return
     if not prefix:
         report.summary.update({"tokens": n_tokens, "documents": n_docs, "shards": len(shards)})
+    agree(report, mname, "kind", manifest.get("kind"), "dataset", f"schema {fmt.DATASET_SCHEMA}")
+    agree(report, mname, "eos_appended", manifest.get("eos_appended"), True, f"schema {fmt.DATASET_SCHEMA}")
+
+    # The tokenizer's numbers come from its hashed files; the shards are then read with those, so an
+    # edited manifest value fails here, on manifest.json, and not as a property of the shards.
+    facts = _tokenizer_facts(root, tok, report, prefix)
+    if facts is not None:
+        for key, value in facts.items():
+            agree(report, mname, f"tokenizer.{key}", tok.get(key), value, prefix + tok_name)
+        eos, vocab = int(facts["eos_id"]), int(facts["vocab_size"])
+        try:
+            expected_dtype = fmt.choose_dtype(vocab, config.get("dtype", "auto"))
+        except ConfigError as exc:
+            expected_dtype = f"none ({exc})"
+        agree(report, mname, "dtype", dtype_name, expected_dtype,
+               f"vocab {vocab} and config.dtype {config.get('dtype', 'auto')!r}")
+        dtype_name = expected_dtype if expected_dtype in fmt.DTYPES else dtype_name
+    dtype = np.dtype(fmt.DTYPES[dtype_name]).newbyteorder("<")
     report.add(mname, "vocab fits dtype", vocab <= np.iinfo(dtype).max + 1, f"vocab {vocab} > {dtype.name}")
 
     # Shards: hashes, then counts recounted from the files themselves.
@@ -161,29 +268,41 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
     for i, shard in enumerate(shards):
         name = prefix + shard["path"]
         listed.update({shard["path"], shard["index"]["path"]})
-        ok_tokens = _file(report, shard, root, prefix)
-        ok_index = _file(report, shard["index"], root, prefix)
+        agree(report, mname, f"shards[{i}].path", [shard["path"], shard["index"]["path"]],
+               [fmt.shard_name(i), fmt.shard_name(i) + fmt.INDEX_SUFFIX], f"the shard layout of {fmt.DATASET_SCHEMA}")
+        ok_tokens = _file(report, shard, root, prefix, f"shards[{i}]")
+        ok_index = _file(report, shard["index"], root, prefix, f"shards[{i}].index")
         report.add(mname, "shard offsets", shard["token_offset"] == token_total and shard["doc_offset"] == doc_total,
-                   f"shards[{i}] ({shard['path']}): offsets {shard['token_offset']}/{shard['doc_offset']}, "
-                   f"expected {token_total}/{doc_total}")
-        token_total += int(shard["n_tokens"])
-        doc_total += int(shard["n_docs"])
+                   f"shards[{i}].token_offset/doc_offset ({shard['path']}): {shard['token_offset']}/"
+                   f"{shard['doc_offset']}, the shards before it sum to {token_total}/{doc_total}")
         ends = None
         if (root / shard["index"]["path"]).is_file():
             ends = np.fromfile(root / shard["index"]["path"], dtype="<u8")
             report.add(mname, "document count", len(ends) == shard["n_docs"],
-                       f"shards[{i}] ({shard['path']}): {shard['n_docs']} documents recorded, "
+                       f"shards[{i}].n_docs ({shard['path']}): {shard['n_docs']} documents recorded, "
                        f"{len(ends)} in {shard['index']['path']}")
             report.add(prefix + shard["index"]["path"], "document ends increase",
                        bool(len(ends) == 0 or (ends[0] > 0 and np.all(np.diff(ends.astype(np.int64)) > 0))),
                        "document ends are not strictly increasing")
-            ends_global.append(ends.astype(np.int64) + int(shard["token_offset"]))
+            ends_global.append(ends.astype(np.int64) + token_total)
+            doc_total += len(ends)
+        else:
+            doc_total += int(shard["n_docs"])
         path = root / shard["path"]
         if path.is_file():
             size = path.stat().st_size
             counted = size // dtype.itemsize
+            token_total += counted
             report.add(mname, "token count", size % dtype.itemsize == 0 and counted == shard["n_tokens"],
-                       f"shards[{i}] ({shard['path']}): {shard['n_tokens']} tokens recorded, {counted} in the file")
+                       f"shards[{i}].n_tokens ({shard['path']}): {shard['n_tokens']} tokens recorded, "
+                       f"{size} bytes = {counted} {dtype.name} tokens in the file")
+            cap = config.get("shard_tokens")
+            if isinstance(cap, int) and ends is not None and len(ends) and int(ends[-1]) == counted:
+                # tokenize closes a shard at the first document that brings it to shard_tokens
+                before_last = int(ends[-2]) if len(ends) > 1 else 0
+                report.add(mname, "config.shard_tokens", before_last < cap and (i == len(shards) - 1 or counted >= cap),
+                           f"shards[{i}] ({shard['path']}) holds {counted} tokens, {before_last} before its last "
+                           f"document: not how tokenize splits at config.shard_tokens {cap}")
             if counted:
                 tokens = np.memmap(path, dtype=dtype, mode="r")
                 top = max(int(tokens[j:j + CHUNK].max()) for j in range(0, len(tokens), CHUNK))
@@ -195,8 +314,12 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
                 elif ends is not None:
                     report.add(name, "index covers the shard", len(ends) > 0 and int(ends[-1]) == counted,
                                f"last document end {int(ends[-1]) if len(ends) else 0} != {counted} tokens")
-    report.add(mname, "total tokens", token_total == n_tokens, f"n_tokens {n_tokens}, shards sum to {token_total}")
-    report.add(mname, "total documents", doc_total == n_docs, f"n_docs {n_docs}, shards sum to {doc_total}")
+        else:
+            token_total += int(shard["n_tokens"])
+    report.add(mname, "total tokens", token_total == n_tokens,
+               f"n_tokens {n_tokens}, the shards hold {token_total}")
+    report.add(mname, "total documents", doc_total == n_docs,
+               f"n_docs {n_docs}, the shards' indices hold {doc_total}")
     on_disk = {p.relative_to(root).as_posix() for p in (root / fmt.TOKENS_DIR).glob("*")} if (
         root / fmt.TOKENS_DIR).is_dir() else set()
     for extra in sorted(on_disk - listed):
@@ -205,39 +328,64 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
     # Provenance: covers every token once, agrees with the shard indices, licenses, per-source counts.
     prov_rec = manifest.get("provenance", {})
     pname = prefix + prov_rec.get("path", fmt.PROVENANCE)
-    if _file(report, prov_rec, root, prefix) or (root / prov_rec["path"]).is_file():
+    if _file(report, prov_rec, root, prefix, "provenance") or (root / prov_rec["path"]).is_file():
         try:
             table = pq.read_table(root / prov_rec["path"])
         except Exception as exc:  # noqa: BLE001 - any unreadable Parquet is a failed check
             report.add(pname, "readable Parquet", False, str(exc))
             table = None
         if table is not None:
-            _audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize=not prefix)
+            audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize=not prefix,
+                              totals=(token_total, doc_total))
 
     sources = manifest.get("sources", {})
     for name, entry in sources.items():
         report.add(mname, "source has a license", bool(entry.get("licenses")) and all(
             isinstance(k, str) and k.strip() for k in entry.get("licenses", {})),
             f"source {name!r} lists no license")
-
-    # Tokenizer and Croissant.
-    for record in tok.get("files", []):
-        _file(report, record, root, prefix)
-    tok_json = root / fmt.TOKENIZER_DIR / "tokenizer.json"
-    if tok_json.is_file():
-        report.add(prefix + f"{fmt.TOKENIZER_DIR}/tokenizer.json", "tokenizer hash matches manifest",
-                   sha256_file(tok_json) == tok.get("sha256"), "sha256 differs from manifest tokenizer.sha256")
-    records = [prov_rec, *shards, *(s["index"] for s in shards), *tok.get("files", [])]
-    _audit_croissant(root, records, report, prefix)
+    _audit_curation(manifest, report, mname, summarize=not prefix)
+    _audit_croissant(root, manifest, report, prefix)
 
 
-def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize: bool) -> None:
-    n_tokens, n_docs = int(manifest["n_tokens"]), int(manifest["n_docs"])
+def _audit_curation(manifest: dict[str, Any], report: AuditReport, mname: str, summarize: bool) -> None:
+    """`curation` is copied from the curated run's manifest.json: compare it with that file when it is
+    where the recorded config's `input` says (a dataset audited elsewhere notes that it was not compared)."""
+    from data_pipeline.tokens.curated import MANIFEST as CURATED_MANIFEST
+    from data_pipeline.tokens.curated import CuratedRun
+
+    stated = manifest.get("curation")
+    source = (manifest.get("config") or {}).get("input")
+    if not isinstance(source, str):
+        return
+    file = Path(source) / CURATED_MANIFEST
+    if not file.is_file():
+        if summarize:
+            report.summary["curation"] = f"not compared ({file} not found)"
+        return
+    try:
+        curated = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        report.add(str(file), "readable JSON", False, str(exc))
+        return
+    if not report.add(str(file), "a curation manifest", isinstance(curated, dict), "not a JSON object"):
+        return
+    expected = CuratedRun(Path(source), [], curated, sha256_file(file), 0).inherited()
+    agree(report, mname, "curation", stated, expected, str(file))
+    if summarize:
+        report.summary["curation"] = f"compared with {file}"
+
+
+def audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize: bool,
+                      totals: tuple[int, int] | None = None) -> None:
+    """The provenance table against the shards (`ends_global`: each shard's document ends, global) and the
+    manifest; `totals` (tokens, documents) as recounted from the shards, else the manifest's."""
+    n_tokens, n_docs = totals or (int(manifest["n_tokens"]), int(manifest["n_docs"]))
     missing = [c for c in fmt.PROVENANCE_SCHEMA.names if c not in table.column_names]
     if not report.add(pname, "columns", not missing, f"missing column(s) {missing}"):
         return
     report.add(pname, "one row per document", table.num_rows == n_docs,
                f"{table.num_rows} rows for {n_docs} documents")
+    agree(report, mname, "provenance.rows", manifest["provenance"].get("rows"), table.num_rows, pname)
     start = table.column("token_start").to_numpy()
     end = table.column("token_end").to_numpy()
     covers = (len(start) > 0 and start[0] == 0 and end[-1] == n_tokens and np.array_equal(start[1:], end[:-1])
@@ -246,11 +394,12 @@ def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow,
                "token ranges are not contiguous from 0 to n_tokens")
     report.add(pname, "doc_index in order", np.array_equal(table.column("doc_index").to_numpy(), np.arange(len(start))),
                "doc_index is not 0..n-1")
-    if ends_global:
+    if ends_global and len(ends_global) == len(manifest["shards"]):
         shard_ends = np.concatenate(ends_global)
         report.add(pname, "agrees with shard document boundaries", np.array_equal(shard_ends, end),
                    "token_end differs from the shards' .ds.index")
-        shard_of_doc = np.concatenate([np.full(s["n_docs"], s["path"], dtype=object) for s in manifest["shards"]])
+        shard_of_doc = np.concatenate([np.full(len(e), s["path"], dtype=object)
+                                       for e, s in zip(ends_global, manifest["shards"], strict=True)])
         column = np.array(table.column("shard").to_pylist(), dtype=object)
         report.add(pname, "shard column", len(column) == len(shard_of_doc) and bool(np.all(column == shard_of_doc)),
                    "shard names differ from the manifest's shard order")
@@ -264,37 +413,44 @@ def _audit_provenance(table, manifest, ends_global, report, pname, mname, allow,
         entry["tokens"] += n
         entry["docs"] += 1
         entry["licenses"][lic] = entry["licenses"].get(lic, 0) + 1
-    recorded = manifest.get("sources", {})
-    for source in sorted(set(counted) | set(recorded)):
-        got, want = counted.get(source), recorded.get(source)
-        same = got is not None and want is not None and all(
-            got[k] == want.get(k) for k in ("tokens", "docs", "licenses"))
-        report.add(mname, "per-source counts", same,
-                   f"source {source!r}: manifest {_brief(want)}, provenance {_brief(got)}")
+    agree(report, mname, "sources", manifest.get("sources", {}), counted, pname)
     if summarize:
         report.summary["sources"] = len(counted)
         report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if v}))
 
 
-def _brief(entry) -> str:
-    if entry is None:
-        return "absent"
-    return f"{entry.get('tokens')} tokens / {entry.get('docs')} docs / licenses {entry.get('licenses')}"
+def _audit_croissant(root: Path, manifest: dict[str, Any], report: AuditReport, prefix: str) -> None:
+    """croissant.json is a function of manifest.json: regenerate it and compare byte for byte."""
+    from data_pipeline.croissant import croissant_text
 
-
-def _audit_croissant(root: Path, records: list[dict[str, Any]], report: AuditReport, prefix: str) -> None:
     name = prefix + fmt.CROISSANT
     file = root / fmt.CROISSANT
     if not report.add(name, "present", file.is_file(), "missing"):
         return
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-        listed = {d["contentUrl"]: d.get("sha256") for d in doc.get("distribution", [])}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        expected = croissant_text(root, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        report.add(prefix + fmt.MANIFEST, "describable as Croissant", False, f"malformed manifest: {exc!r}")
+        return
+    raw = file.read_bytes()
+    if raw == expected.encode():
+        report.add(name, "regenerated from manifest.json byte for byte", True)
+        return
+    try:
+        diffs = _differences(json.loads(raw), json.loads(expected), "")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         report.add(name, "readable JSON-LD", False, str(exc))
         return
-    wrong = [r["path"] for r in records if listed.get(r["path"]) != r["sha256"]]
-    report.add(name, "file hashes agree with manifest", not wrong, f"differs for {wrong[:5]}")
+    named = [d for d in diffs if d[0] == ".name"] or [d for d in diffs if d[0] == ".citeAs"]
+    other = [d for d in diffs if d[0] not in (".name", ".citeAs")]
+    detail = "; ".join(f"{p.lstrip('.') or 'layout'}: {fmt.CROISSANT} states {a!r}, {fmt.MANIFEST} gives {b!r}"
+                       for p, a, b in other[:4])
+    if named:
+        detail += ("; and " if detail else "") + (
+            f"its name {named[0][1]!r} pins another {fmt.MANIFEST} than this one ({named[0][2]!r}): one of the two "
+            "changed after they were written")
+    detail = detail or "same JSON, other bytes (not the canonical JSON the build writes)"
+    report.add(name, "regenerated from manifest.json byte for byte", False, detail)
 
 
 def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, allow) -> None:
@@ -308,26 +464,32 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.add(mname, "required keys", False, f"malformed manifest: {exc!r}")
         return
     report.summary.update({"tokens": n_tokens, "documents": n_docs, "datasets": len(entries)})
-    ok_seq = _file(report, seq_rec, root, "")
-    _file(report, table_rec, root, "")
+    ok_seq = _file(report, seq_rec, root, "", "sequence.array")
+    _file(report, table_rec, root, "", "sequence.table")
 
     # The referenced datasets: pinned by manifest hash, and audited themselves.
     provenance = []
+    ds_manifests: list[dict[str, Any] | None] = []
     for i, entry in enumerate(entries):
         ds_root = root / entry["path"]
         prefix = entry["path"].rstrip("/") + "/"
         ds_manifest_file = ds_root / fmt.MANIFEST
         if not report.add(prefix + fmt.MANIFEST, "referenced dataset present", ds_manifest_file.is_file(), "missing"):
             provenance.append(None)
+            ds_manifests.append(None)
             continue
         report.add(prefix + fmt.MANIFEST, "dataset manifest pinned by mixture",
                    sha256_file(ds_manifest_file) == entry["manifest_sha256"],
                    f"sha256 differs from datasets[{i}].manifest_sha256 in the mixture manifest")
         ds_manifest = _read_manifest(ds_root, report, prefix)
+        ds_manifests.append(ds_manifest)
         if ds_manifest is None:
             provenance.append(None)
             continue
         _audit_dataset(ds_root, ds_manifest, report, allow, prefix)
+        for key in ("n_tokens", "n_docs"):
+            agree(report, mname, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
+                   prefix + fmt.MANIFEST)
         try:
             prov = pq.read_table(ds_root / ds_manifest["provenance"]["path"])
             offsets = {s["path"]: (j, s["token_offset"]) for j, s in enumerate(ds_manifest["shards"])}
@@ -335,6 +497,7 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         except Exception:  # noqa: BLE001 - reported by the dataset audit above
             provenance.append(None)
 
+    _mixture_inherited(manifest, entries, ds_manifests, report)
     if not (root / seq_rec["path"]).is_file() or not (root / table_rec["path"]).is_file():
         return
     try:
@@ -396,11 +559,6 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
     # Realised counts and the repetition cap, recounted.
     recorded = manifest.get("sources", {})
     for name, entry in recorded.items():
-        mask = sources == name
-        got_tokens, got_docs = int(lengths[mask].sum()), int(mask.sum())
-        report.add(mname, "per-source counts", got_tokens == entry.get("tokens") and got_docs == entry.get("docs"),
-                   f"source {name!r}: manifest {entry.get('tokens')} tokens / {entry.get('docs')} docs, "
-                   f"sequence {got_tokens} / {got_docs}")
         cap, have = entry.get("max_repetitions"), entry.get("available_tokens")
         within = cap is not None and have and entry.get("target_tokens", float("inf")) <= cap * have
         report.add(mname, "repetition cap", bool(within),
@@ -408,6 +566,79 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.add(mname, "source has a license", bool(entry.get("licenses")), f"source {name!r} lists no license")
     unlisted = sorted({s for s in sources.tolist() if s is not None} - set(recorded))
     report.add(mname, "every sequence source recorded", not unlisted, f"sources {unlisted} not in manifest")
+    if all(p is not None for p in provenance):
+        _mixture_sources(manifest, seq, sources, licenses, [p[0] for p in provenance], report)
     report.summary["sources"] = len(recorded)
     report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if isinstance(v, str) and v}))
-    _audit_croissant(root, [seq_rec, table_rec], report, "")
+    _audit_croissant(root, manifest, report, "")
+
+
+def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
+                       ds_manifests: list[dict[str, Any] | None], report: AuditReport) -> None:
+    """dtype, tokenizer and curation are copied from the (audited) dataset manifests."""
+    if not ds_manifests or any(m is None for m in ds_manifests):
+        return
+    first = ds_manifests[0]
+    where = entries[0]["path"].rstrip("/") + "/" + fmt.MANIFEST
+    try:
+        tokenizer = {k: first["tokenizer"][k] for k in ("sha256", "eos_id", "vocab_size")}
+    except (KeyError, TypeError):
+        return  # a malformed dataset manifest, failed by its own audit
+    agree(report, fmt.MANIFEST, "dtype", manifest.get("dtype"), first.get("dtype"), where)
+    agree(report, fmt.MANIFEST, "tokenizer", manifest.get("tokenizer"), tokenizer, where)
+    others = [e["path"] for e, m in zip(entries, ds_manifests, strict=True)
+              if (m.get("tokenizer") or {}).get("sha256") != tokenizer["sha256"]
+              or m.get("dtype") != first.get("dtype")]
+    report.add(fmt.MANIFEST, "one tokenizer and dtype", not others,
+               f"datasets {others} differ from {entries[0]['path']}")
+    agree(report, fmt.MANIFEST, "curation", manifest.get("curation"), [m.get("curation") for m in ds_manifests],
+           "the datasets' manifests")
+
+
+def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndarray, licenses: np.ndarray,
+                     tables: list[Any], report: AuditReport) -> None:
+    """Targets from the recorded config (with `mix.targets`), realised counts from the sequence, what was
+    available from the datasets' provenance: every number of `sources`, `excluded_sources`, `target_tokens`."""
+    from data_pipeline.mixture.mix import MixConfig, targets
+
+    mname = fmt.MANIFEST
+    config = manifest.get("config") or {}
+    try:
+        cfg = MixConfig.model_validate({**config, "run": {**(config.get("run") or {}), "dir": "."}})
+        goal = targets(cfg)
+    except (ValueError, TypeError, ConfigError) as exc:
+        report.add(mname, "config", False, f"the recorded mix config does not validate: {exc}")
+        return
+    agree(report, mname, "target_tokens", manifest.get("target_tokens"), cfg.target_tokens, "config.target_tokens")
+    available: dict[str, list[int]] = {}
+    for table in tables:
+        lengths = (table.column("token_end").to_numpy() - table.column("token_start").to_numpy()).tolist()
+        for name, n in zip(table.column("source").to_pylist(), lengths, strict=True):
+            entry = available.setdefault(name, [0, 0])
+            entry[0] += n
+            entry[1] += 1
+    lengths = seq["length"].astype(np.int64)
+    n_tokens = int(lengths.sum())
+    expected: dict[str, Any] = {}
+    for name, tokens in goal.items():
+        mask = sources == name
+        got = int(lengths[mask].sum())
+        have, have_docs = available.get(name, [0, 0])
+        lic, counts = np.unique(licenses[mask].astype(str), return_counts=True)
+        expected[name] = {
+            "target_tokens": tokens,
+            "target_ratio": tokens / cfg.target_tokens,
+            "tokens": got,
+            "docs": int(mask.sum()),
+            "ratio": got / n_tokens if n_tokens else None,
+            "available_tokens": have,
+            "available_docs": have_docs,
+            "repetitions": got / have if have else None,
+            "max_epoch": int(seq["epoch"][mask].max()) if mask.any() else None,
+            "max_repetitions": cfg.sources[name].max_repetitions or cfg.max_repetitions,
+            "licenses": {str(k): int(c) for k, c in zip(lic, counts, strict=True)},
+        }
+    source = f"{fmt.SEQUENCE_ARRAY}, the datasets' provenance and the recorded config"
+    agree(report, mname, "sources", manifest.get("sources"), expected, source)
+    excluded = {name: {"tokens": t, "docs": d} for name, (t, d) in sorted(available.items()) if name not in goal}
+    agree(report, mname, "excluded_sources", manifest.get("excluded_sources"), excluded, "the datasets' provenance")

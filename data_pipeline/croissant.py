@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.rundir import write_json
+from data_pipeline.rundir import canonical_json, write_atomic
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
 CONTEXT: dict[str, Any] = {
@@ -153,23 +153,29 @@ def mixture_jsonld(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def _name(root: Path, manifest_sha: str, kind: str) -> str:
+def _name(manifest_sha: str, kind: str) -> str:
     return f"atom-{kind}-{manifest_sha[:12]}"
 
 
-def write_dataset_croissant(root: Path, manifest: dict[str, Any]) -> Path:
+def croissant_text(root: Path, manifest: dict[str, Any]) -> str:
+    """The exact text of `root`'s croissant.json for this manifest (dataset or mixture); the name pins
+    the sha256 of `root/manifest.json`, so the file is only right for the manifest bytes it was made from.
+    `atom audit` regenerates it and compares byte for byte."""
     from data_pipeline.manifest import sha256_file
     from data_pipeline.tokens import format as fmt
 
-    path = root / fmt.CROISSANT
-    write_json(path, dataset_jsonld(manifest, _name(root, sha256_file(root / fmt.MANIFEST), "tokens")))
-    return path
+    sha = sha256_file(root / fmt.MANIFEST)
+    if manifest.get("schema") == fmt.MIXTURE_SCHEMA:
+        doc = mixture_jsonld(manifest, _name(sha, "mixture"))
+    else:
+        doc = dataset_jsonld(manifest, _name(sha, "tokens"))
+    return canonical_json(doc)
 
 
-def write_mixture_croissant(root: Path, manifest: dict[str, Any]) -> Path:
-    from data_pipeline.manifest import sha256_file
+def write_croissant(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write croissant.json next to the (already written) manifest.json it describes."""
     from data_pipeline.tokens import format as fmt
 
     path = root / fmt.CROISSANT
-    write_json(path, mixture_jsonld(manifest, _name(root, sha256_file(root / fmt.MANIFEST), "mixture")))
+    write_atomic(path, croissant_text(root, manifest))
     return path

@@ -49,9 +49,14 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, fixed indent, trailing newline: the same object always gives the same text."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Canonical JSON (sorted keys, fixed indent, trailing newline): same object, same bytes."""
-    write_atomic(path, json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+    """Canonical JSON (see `canonical_json`), written atomically."""
+    write_atomic(path, canonical_json(obj))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

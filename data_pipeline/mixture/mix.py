@@ -139,7 +139,7 @@ def stage_inputs(config: MixConfig) -> dict[str, str]:
 
 
 def run(config: MixConfig) -> Path:
-    from data_pipeline.croissant import write_mixture_croissant
+    from data_pipeline.croissant import write_croissant
 
     goal = targets(config)
     datasets = _open_datasets(config)
@@ -264,7 +264,7 @@ def run(config: MixConfig) -> Path:
         "curation": [ds.manifest.get("curation") for ds in datasets],
     }
     write_json(root / fmt.MANIFEST, manifest)
-    write_mixture_croissant(root, manifest)
+    write_croissant(root, manifest)
     log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), n_tokens,
              config.target_tokens, ", ".join(goal), root)
     print_summary(root, manifest)

@@ -220,7 +220,7 @@ def stage_inputs(config: TokenizeConfig) -> dict[str, str]:
 
 
 def run(config: TokenizeConfig) -> Path:
-    from data_pipeline.croissant import write_dataset_croissant
+    from data_pipeline.croissant import write_croissant
 
     # Everything that can be wrong with the input is found before the run directory is touched.
     curated = open_curated(config.input, verify_outputs=config.verify_inputs)
@@ -286,7 +286,7 @@ def run(config: TokenizeConfig) -> Path:
         "curation": curated.inherited(),
     }
     write_json(root / fmt.MANIFEST, manifest)
-    write_dataset_croissant(root, manifest)
+    write_croissant(root, manifest)
     log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
              writer.n_docs, writer.n_tokens, dtype, len(shards), root)
     print_summary(root, manifest)

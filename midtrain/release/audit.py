@@ -10,6 +10,8 @@
    a stage's parent is the previous stage's checkpoint.
 4. weights: config.json is the trained architecture; transformers loads the weights (no missing or
    unexpected tensors) and the tokenizer offline, and generates.
+   release.json's own numbers (totals, weights' origin, tokenizer ids, model sizes, per-stage budget and
+   data) are recomputed and a difference names the field (table in docs/release.md).
 5. with --data DIR: DIR is the data a stage trained on (manifest sha256), passes the dataset/mixture
    audit (every shard re-hashed), and its tokens under the trained windows hash to the recorded digest.
 """
@@ -26,13 +28,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from data_pipeline.audit import AuditReport, _audit_provenance
+from data_pipeline.audit import ABSENT, AuditReport, agree, audit_provenance
 from data_pipeline.audit import audit as audit_data
 from data_pipeline.config import ConfigError
 from data_pipeline.manifest import sha256_file, verify_file_record
 from data_pipeline.tokens import format as fmt
 from midtrain.release import data as rdata
-from midtrain.release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, is_release
+from midtrain.release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, TOKENIZER_FILES, is_release
 from midtrain.release.card import render_card
 from midtrain.release.lineage import (
     CONFIG,
@@ -69,9 +71,10 @@ def audit_release(path: str | Path, allow_licenses: list[str] | None = None, dat
         report.add(RELEASE_JSON, "readable", False, f"malformed: {exc!r}")
         return report
     allow = sorted(set(allow_licenses)) if allow_licenses is not None else None
-    for stage in release["stages"]:
+    _numbers(root, release, report)
+    for i, stage in enumerate(release["stages"]):
         try:
-            _stage(root, release, stage, report, allow)
+            _stage(root, release, i, report, allow)
         except (KeyError, TypeError, ValueError, OSError) as exc:
             report.add(stage.get("dir", "lineage"), "readable stage records", False, f"{type(exc).__name__}: {exc}")
     _weights(root, release, report, load_weights)
@@ -113,7 +116,8 @@ def _files(root: Path, report: AuditReport) -> None:
 # ---- 3. stages ------------------------------------------------------------------------------------
 
 
-def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: AuditReport, allow) -> None:
+def _stage(root: Path, release: dict[str, Any], stage_index: int, report: AuditReport, allow) -> None:
+    stage = release["stages"][stage_index]
     sdir = stage["dir"]
     base = root / sdir
     cfg_name = f"{sdir}/{CONFIG}"
@@ -130,6 +134,10 @@ def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: A
     header, records = lines[0], [r for r in lines[1:] if r["step"] <= stage["step"]]
     stream = header["stream"]
     seq_len, batch = int(header["seq_len"]), int(header["global_batch"])
+    where = f"stages[{stage_index}]"
+    agree(report, RELEASE_JSON, f"{where}.index", stage["index"], stage_index, "its position in stages")
+    for key in ("seq_len", "global_batch", "seed"):
+        agree(report, RELEASE_JSON, f"{where}.{key}", stage.get(key), header.get(key), tm_name)
     report.add(tm_name, "agrees with the config", seq_len == config["data"]["seq_len"]
                and batch == config["data"]["global_batch"] and header["seed"] == config["run"]["seed"]
                and stage["step"] <= config["trainer"]["max_steps"],
@@ -141,6 +149,15 @@ def _stage(root: Path, release: dict[str, Any], stage: dict[str, Any], report: A
     report.add(dm_name, "pinned by the training manifest",
                sha256_file(data_dir / fmt.MANIFEST) == stream["manifest_sha256"] == stage["data"]["manifest_sha256"],
                f"sha256 differs from stream.manifest_sha256 in {tm_name}")
+    dm_info = {"schema": manifest.get("schema"), "n_tokens": manifest.get("n_tokens"), "n_docs": manifest.get("n_docs"),
+               "manifest_sha256": sha256_file(data_dir / fmt.MANIFEST), "dir": stage["data"]["dir"],
+               "sources": {k: {"tokens": v.get("tokens"), "docs": v.get("docs"), "licenses": v.get("licenses")}
+                           for k, v in sorted(manifest.get("sources", {}).items())},
+               "datasets": [rdata.dataset_dir(i) for i in range(len(manifest.get("datasets", [])))],
+               "allow_licenses": _allow_list(data_dir, manifest), "path_at_training": stream.get("path")}
+    for key, value in dm_info.items():
+        agree(report, RELEASE_JSON, f"{where}.data.{key}", stage["data"].get(key), value, dm_name)
+    _croissant(data_dir, manifest, stage["data"]["dir"] + "/", report)
     report.add(tm_name, "stream size is the data manifest's", stream["n_tokens"] == manifest.get("n_tokens"),
                f"stream n_tokens {stream['n_tokens']}, data manifest {manifest.get('n_tokens')}")
     report.add(tm_name, "tokenizer is the release's", stream["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
@@ -264,7 +281,7 @@ def _data_files(data_dir: Path, manifest: dict[str, Any], stage: dict[str, Any],
     def dataset(ds_dir: Path, ds_manifest: dict[str, Any], pre: str) -> bool:
         ok = pinned(ds_manifest["provenance"], ds_dir, pre)
         if ok:
-            _audit_provenance(pq.read_table(ds_dir / ds_manifest["provenance"]["path"]), ds_manifest, [], report,
+            audit_provenance(pq.read_table(ds_dir / ds_manifest["provenance"]["path"]), ds_manifest, [], report,
                               pre + ds_manifest["provenance"]["path"], pre + fmt.MANIFEST, None, summarize=False)
         return ok
 
@@ -285,6 +302,77 @@ def _data_files(data_dir: Path, manifest: dict[str, Any], stage: dict[str, Any],
         ok &= dataset(ds_dir, json.loads(file.read_text(encoding="utf-8")), pre)
         roots.append(ds_dir)
     return roots if ok else None
+
+
+def _allow_list(data_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
+    """The allow-list the data was built under, from the copies in the release (a mixture's datasets are in
+    datasets/NN there, not at the paths its manifest names)."""
+    if manifest.get("schema") != fmt.MIXTURE_SCHEMA:
+        return rdata.allow_list(data_dir, manifest)
+    lists = []
+    for i in range(len(manifest.get("datasets", []))):
+        file = data_dir / rdata.dataset_dir(i) / fmt.MANIFEST
+        lists.append(rdata.allow_list(file.parent, json.loads(file.read_text(encoding="utf-8")))
+                     if file.is_file() else None)
+    return None if not lists or any(v is None for v in lists) else sorted({lic for v in lists for lic in v})
+
+
+def _croissant(data_dir: Path, manifest: dict[str, Any], prefix: str, report: AuditReport) -> None:
+    """A copied croissant.json is still the one its manifest generates, byte for byte (see data_pipeline.audit)."""
+    from data_pipeline.croissant import croissant_text
+
+    dirs = [data_dir] + [data_dir / rdata.dataset_dir(i) for i in range(len(manifest.get("datasets", [])))]
+    for d in dirs:
+        if not (d / fmt.CROISSANT).is_file() or not (d / fmt.MANIFEST).is_file():
+            continue
+        name = prefix + (d.relative_to(data_dir) / fmt.CROISSANT).as_posix()
+        try:
+            expected = croissant_text(d, json.loads((d / fmt.MANIFEST).read_text(encoding="utf-8")))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            report.add(name, "regenerated from manifest.json byte for byte", False, f"malformed manifest: {exc!r}")
+            continue
+        report.add(name, "regenerated from manifest.json byte for byte",
+                   (d / fmt.CROISSANT).read_bytes() == expected.encode(),
+                   "differs from the Croissant its manifest.json generates")
+
+
+def _numbers(root: Path, release: dict[str, Any], report: AuditReport) -> None:
+    """release.json's totals, the weights' origin and the tokenizer's ids, recomputed from the stages and
+    from tokenizer.json itself (the model's sizes are recomputed in `_weights`)."""
+    from data_pipeline.tokens.tokenize import open_tokenizer
+
+    stages = release["stages"]
+    try:
+        agree(report, RELEASE_JSON, "tokens_total", release.get("tokens_total"), sum(int(s["tokens"]) for s in stages),
+              "the sum over stages[].tokens")
+        agree(report, RELEASE_JSON, "steps_total", release.get("steps_total"), sum(int(s["step"]) for s in stages),
+              "the sum over stages[].step")
+        agree(report, RELEASE_JSON, "weights", release.get("weights"),
+              {"file": "model.safetensors", "stage": len(stages) - 1, "step": stages[-1]["step"],
+               "content_sha256": stages[-1]["checkpoint"]["content_sha256"]}, "the last stage and its checkpoint")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        report.add(RELEASE_JSON, "readable stage records", False, f"{type(exc).__name__}: {exc}")
+    agree(report, RELEASE_JSON, "has_plot", release.get("has_plot"), (root / "metrics.png").is_file(), "metrics.png")
+    if not all((root / name).is_file() for name in TOKENIZER_FILES):
+        return  # named as missing by the SHA256SUMS check
+    try:
+        _, info, _ = open_tokenizer(root, "auto")
+    except Exception as exc:  # noqa: BLE001 - a tokenizer that does not load fails this check
+        report.add("tokenizer.json", "loads", False, f"{type(exc).__name__}: {exc}"[:300])
+        return
+    tokenizer = {"sha256": sha256_file(root / "tokenizer.json"), "eos_id": info["eos_id"], "pad_id": info["pad_id"],
+                 "vocab_size": info["vocab_size"], "files": list(TOKENIZER_FILES)}
+    agree(report, RELEASE_JSON, "tokenizer", release.get("tokenizer"), tokenizer, "tokenizer.json")
+    ids = {"eos_token_id": info["eos_id"], "pad_token_id": info["pad_id"], "bos_token_id": None}
+    for name in ("config.json", "generation_config.json"):
+        try:
+            stated = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # named by the SHA256SUMS and weights checks
+        agree(report, name, "token ids", {k: stated.get(k, ABSENT) for k in ids}, ids, "tokenizer.json")
+        if name == "generation_config.json":
+            agree(report, RELEASE_JSON, "generation", release.get("generation"),
+                  {k: v for k, v in stated.items() if k not in ids}, name)
 
 
 # ---- 4. weights -----------------------------------------------------------------------------------
@@ -311,6 +399,19 @@ def _weights(root: Path, release: dict[str, Any], report: AuditReport, load: boo
     ours = {**trained_model, "fp8": None}
     report.add("config.json", "is the trained architecture", config.get("atom_config") == ours
                == release["model"]["config"], "atom_config differs from the released stage's config.yaml model")
+    from pretrain.model.config import MoEModelConfig
+
+    try:
+        cfg = MoEModelConfig.model_validate(ours)
+        sizes = {"architecture": (config.get("architectures") or [None])[0], "params_total": cfg.num_params(),
+                 "params_active": cfg.num_params(active=True),
+                 "flops_per_token": cfg.flops_per_token(int(release["stages"][-1]["seq_len"]))}
+    except (ValueError, TypeError, KeyError) as exc:
+        report.add(f"{release['stages'][-1]['dir']}/{CONFIG}", "model config validates", False, str(exc)[:300])
+    else:
+        for key, value in sizes.items():
+            agree(report, RELEASE_JSON, f"model.{key}", release["model"].get(key), value,
+                  "config.json" if key == "architecture" else f"the model config of {release['stages'][-1]['dir']}")
     if (root / "tokenizer.json").is_file():
         report.add("tokenizer.json", "is the tokenizer the model trained with",
                    sha256_file(root / "tokenizer.json") == release["tokenizer"]["sha256"],

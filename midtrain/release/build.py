@@ -263,6 +263,13 @@ def _copy_tokenizer(stages: list[Stage], src: Path, manifest: dict[str, Any], ou
     sha = sha256_file(out / "tokenizer.json")
     if sha not in want:
         raise ConfigError(f"{src / 'tokenizer.json'}: sha256 {sha} is not the tokenizer the run trained with")
+    # The ids come from the tokenizer itself (a mixture's manifest records no pad id); `atom audit` does the same.
+    from data_pipeline.tokens.tokenize import open_tokenizer
+
+    _, info, _ = open_tokenizer(out, "auto")
     tok = manifest["tokenizer"]
-    return {"sha256": sha, "eos_id": tok["eos_id"], "pad_id": tok.get("pad_id"), "vocab_size": tok["vocab_size"],
+    if (info["eos_id"], info["vocab_size"]) != (tok["eos_id"], tok["vocab_size"]):
+        raise ConfigError(f"{src}: tokenizer gives eos id {info['eos_id']} / vocab {info['vocab_size']}, the data "
+                          f"manifest says {tok['eos_id']} / {tok['vocab_size']}")
+    return {"sha256": sha, "eos_id": info["eos_id"], "pad_id": info["pad_id"], "vocab_size": info["vocab_size"],
             "files": list(TOKENIZER_FILES)}

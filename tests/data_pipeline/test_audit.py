@@ -137,3 +137,151 @@ def test_missing_path_is_a_user_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["audit", str(tmp_path / "empty")]) == 1
     assert "FAIL manifest.json: present" in capsys.readouterr().out
+
+
+def _names(report, file: str, field: str) -> bool:
+    """Some failing check is on `file` and names `field` (in the check or its detail)."""
+    return any(c.file == file and field in f"{c.check}: {c.detail}" for c in report.failures)
+
+
+def _bump(path, by=1):
+    def edit(m):
+        *keys, last = path
+        for k in keys:
+            m = m[k]
+        m[last] += by
+    return edit
+
+
+def _set(path, value):
+    def edit(m):
+        *keys, last = path
+        for k in keys:
+            m = m[k]
+        m[last] = value
+    return edit
+
+
+# (edit of manifest.json, the field the failure must name); each value is recomputed from the files.
+DATASET_FIELDS = {
+    "documents_kept": (_bump(("curation", "stages", 1, "documents_kept"), -1), "curation.stages[1].documents_kept"),
+    "curation sources": (_bump(("curation", "sources", "stdlib-api-docs", "docs")), "curation.sources"),
+    "eos_id": (_set(("tokenizer", "eos_id"), 1), "tokenizer.eos_id"),
+    "pad_id": (_set(("tokenizer", "pad_id"), 0), "tokenizer.pad_id"),
+    "eos_token": (_set(("tokenizer", "eos_token"), "<|pad|>"), "tokenizer.eos_token"),
+    "vocab_size": (_set(("tokenizer", "vocab_size"), 2048), "tokenizer.vocab_size"),
+    "dtype": (_set(("dtype",), "uint32"), "dtype"),
+    "n_tokens": (_bump(("n_tokens",)), "n_tokens"),
+    "n_docs": (_bump(("n_docs",), -1), "n_docs"),
+    "shard n_tokens": (_bump(("shards", 2, "n_tokens"), -1), "shards[2].n_tokens"),
+    "shard n_docs": (_bump(("shards", 1, "n_docs")), "shards[1].n_docs"),
+    "shard token_offset": (_bump(("shards", 1, "token_offset")), "shards[1].token_offset"),
+    "shard bytes": (_bump(("shards", 0, "bytes"), 2), "shards[0].bytes"),
+    "provenance rows": (_bump(("provenance", "rows")), "provenance.rows"),
+    "source tokens": (_bump(("sources", "stdlib-module-docs", "tokens")), "sources.stdlib-module-docs.tokens"),
+    "license count": (_bump(("sources", "stdlib-api-docs", "licenses", "PSF-2.0")),
+                      "sources.stdlib-api-docs.licenses.PSF-2.0"),
+    "kind": (_set(("kind",), "mixture"), "kind"),
+    "shard_tokens": (_set(("config", "shard_tokens"), 50_000), "config.shard_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATASET_FIELDS))
+def test_an_edited_dataset_manifest_value_fails_naming_field_and_file(copy, case):
+    edit, field = DATASET_FIELDS[case]
+    manifest = _manifest(copy / "dataset")
+    edit(manifest)
+    _save(copy / "dataset", manifest)
+    report = audit(copy / "dataset")
+    assert _names(report, "manifest.json", field), report.render()
+    # the files the manifest describes are what they were: none of them is blamed
+    assert report.failing_files() <= {"manifest.json", "croissant.json"}, report.render()
+
+
+MIXTURE_FIELDS = {
+    "dataset n_tokens": (_bump(("datasets", 0, "n_tokens")), "datasets[0].n_tokens"),
+    "dataset n_docs": (_bump(("datasets", 0, "n_docs"), -1), "datasets[0].n_docs"),
+    "eos_id": (_set(("tokenizer", "eos_id"), 1), "tokenizer.eos_id"),
+    "vocab_size": (_set(("tokenizer", "vocab_size"), 2048), "tokenizer.vocab_size"),
+    "dtype": (_set(("dtype",), "uint32"), "dtype"),
+    "target_tokens": (_bump(("target_tokens",), 1000), "target_tokens"),
+    "target": (_bump(("sources", "stdlib-api-docs", "target_tokens"), -10), "sources.stdlib-api-docs.target_tokens"),
+    "ratio": (_set(("sources", "stdlib-api-docs", "ratio"), 0.75), "sources.stdlib-api-docs.ratio"),
+    "available": (_bump(("sources", "stdlib-module-docs", "available_tokens")),
+                  "sources.stdlib-module-docs.available_tokens"),
+    "available docs": (_bump(("sources", "stdlib-module-docs", "available_docs")),
+                       "sources.stdlib-module-docs.available_docs"),
+    "repetitions": (_set(("sources", "stdlib-module-docs", "repetitions"), 2.0),
+                    "sources.stdlib-module-docs.repetitions"),
+    "max_epoch": (_bump(("sources", "stdlib-module-docs", "max_epoch"), -1), "sources.stdlib-module-docs.max_epoch"),
+    "docs": (_bump(("sources", "stdlib-api-docs", "docs"), -1), "sources.stdlib-api-docs.docs"),
+    "license count": (_bump(("sources", "stdlib-module-docs", "licenses", "PSF-2.0")),
+                      "sources.stdlib-module-docs.licenses.PSF-2.0"),
+    "excluded": (_set(("excluded_sources",), {"stdlib-api-docs": {"tokens": 1, "docs": 1}}), "excluded_sources"),
+    "curation": (_bump(("curation", 0, "stages", 1, "documents_kept"), -1), "curation[0].stages[1].documents_kept"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIXTURE_FIELDS))
+def test_an_edited_mixture_manifest_value_fails_naming_field_and_file(copy, case):
+    edit, field = MIXTURE_FIELDS[case]
+    manifest = _manifest(copy / "mixture")
+    edit(manifest)
+    _save(copy / "mixture", manifest)
+    report = audit(copy / "mixture")
+    assert _names(report, "manifest.json", field), report.render()
+    assert report.failing_files() <= {"manifest.json", "croissant.json"}, report.render()
+
+
+def test_edited_eos_id_blames_the_manifest_not_the_shards(copy):
+    manifest = _manifest(copy / "dataset")
+    manifest["tokenizer"]["eos_id"] = manifest["tokenizer"]["pad_id"]
+    _save(copy / "dataset", manifest)
+    report = audit(copy / "dataset")
+    assert ("manifest.json", "tokenizer.eos_id") in {(c.file, c.check) for c in report.failures}
+    assert not any(f.startswith("tokens/") or f.startswith("tokenizer/") for f in report.failing_files())
+    assert not any("EOS" in c.detail for c in report.failures)
+
+
+@pytest.mark.parametrize("kind", ["dataset", "mixture"])
+@pytest.mark.parametrize("edit", ["contentSize", "sha256", "description", "license", "reformatted"])
+def test_croissant_is_regenerated_from_the_manifest_byte_for_byte(copy, kind, edit):
+    path = copy / kind / "croissant.json"
+    doc = json.loads(path.read_text())
+    if edit == "contentSize":
+        doc["distribution"][1]["contentSize"] = "1 B"
+    elif edit == "sha256":
+        doc["distribution"][0]["sha256"] = "0" * 64
+    elif edit == "description":
+        doc["description"] = doc["description"].replace("documents", "docs", 1)
+    elif edit == "license":
+        doc["license"] = ["https://spdx.org/licenses/MIT.html"]
+    path.write_text(json.dumps(doc, indent=1 if edit == "reformatted" else 2, sort_keys=True) + "\n")
+    report = audit(copy / kind)
+    assert report.failing_files() == {"croissant.json"}, report.render()
+    if edit != "reformatted":
+        assert _names(report, "croissant.json", edit), report.render()
+
+
+def test_curation_is_compared_with_the_curated_runs_manifest_when_present(data, tmp_path):
+    from data_pipeline.tokens.tokenize import run as tokenize
+    from tests.data_pipeline.tokens_fixtures import tokenize_config
+
+    curated = tmp_path / "curated_run"
+    shutil.copytree(data["curated"], curated)
+    ds = tokenize(tokenize_config(tmp_path / "dataset", curated, data["tokenizer"]))
+    report = audit(ds)
+    assert report.ok and report.summary["curation"] == f"compared with {curated / 'manifest.json'}"
+
+    # the curated run's own count changes: the dataset no longer says what its input said
+    cur = _manifest(curated)
+    cur["stages"][1]["documents_kept"] -= 1
+    _save(curated, cur)
+    report = audit(ds)
+    assert _names(report, "manifest.json", "curation.stages[1].documents_kept"), report.render()
+    assert _names(report, "manifest.json", "curation.manifest_sha256"), report.render()
+
+    # without the curated run there is nothing to compare with, and the audit says so
+    shutil.rmtree(curated)
+    report = audit(ds)
+    assert report.ok and report.summary["curation"].startswith("not compared")

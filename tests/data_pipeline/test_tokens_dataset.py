@@ -66,7 +66,7 @@ def test_shards_are_datatrove_format(data):
         assert isinstance(ds.tokens(i), np.memmap)  # never a whole-shard load
     manifest = json.loads((data["dataset"] / "manifest.json").read_text())
     assert manifest["schema"] == "atom.tokens/1"
-    assert manifest["curation"]["stages"][0]["stage"] == "read"
+    assert manifest["curation"]["stages"][0]["name"] == "read"
     assert set(manifest["sources"]) == {"stdlib-api-docs", "stdlib-module-docs"}
     assert sum(s["tokens"] for s in manifest["sources"].values()) == manifest["n_tokens"]
     text = (data["dataset"] / "manifest.json").read_text()

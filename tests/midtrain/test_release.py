@@ -301,3 +301,62 @@ def test_bad_input_exits_2_and_leaves_nothing(trained: dict[str, Path], tmp_path
 
     assert main(["audit", str(tmp_path / "missing")]) == 2
     assert main(["audit", str(trained["data"]), "--data", str(trained["data"])]) == 2
+
+
+def _change(path: tuple, to=None, by=None):
+    def edit(release: dict) -> None:
+        node = release
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = node[path[-1]] + by if by is not None else to
+    return edit
+
+
+# (edit of release.json, the field the failure must name): each is recomputed from the other files.
+RELEASE_FIELDS = {
+    "tokens_total": (_change(("tokens_total",), by=1), "tokens_total"),
+    "steps_total": (_change(("steps_total",), by=1), "steps_total"),
+    "weights step": (_change(("weights", "step"), by=-1), "weights.step"),
+    "eos_id": (_change(("tokenizer", "eos_id"), to=1), "tokenizer.eos_id"),
+    "vocab_size": (_change(("tokenizer", "vocab_size"), by=1), "tokenizer.vocab_size"),
+    "params_total": (_change(("model", "params_total"), by=1), "model.params_total"),
+    "params_active": (_change(("model", "params_active"), by=-1), "model.params_active"),
+    "flops_per_token": (_change(("model", "flops_per_token"), by=6), "model.flops_per_token"),
+    "seq_len": (_change(("stages", 0, "seq_len"), by=32), "stages[0].seq_len"),
+    "seed": (_change(("stages", 0, "seed"), by=1), "stages[0].seed"),
+    "data n_tokens": (_change(("stages", 0, "data", "n_tokens"), by=1), "stages[0].data.n_tokens"),
+    "data source tokens": (_change(("stages", 0, "data", "sources", "stdlib-api-docs", "tokens"), by=-1),
+                           "stages[0].data.sources.stdlib-api-docs.tokens"),
+    "allow_licenses": (_change(("stages", 0, "data", "allow_licenses"), to=["MIT"]), "stages[0].data.allow_licenses"),
+    "has_plot": (lambda r: r.update(has_plot=not r["has_plot"]), "has_plot"),
+    "generation": (_change(("generation", "temperature"), to=0.1), "generation.temperature"),
+}
+
+
+@pytest.mark.parametrize("case", list(RELEASE_FIELDS))
+def test_an_edited_release_number_is_recomputed_and_named(trained: dict[str, Path], tmp_path: Path,
+                                                          case: str) -> None:
+    """A forger who edits a number in release.json and regenerates the card and SHA256SUMS is still caught."""
+    from midtrain.release.card import render_card
+
+    edit, field = RELEASE_FIELDS[case]
+    rel = tampered(trained, tmp_path)
+    release = json.loads((rel / "release.json").read_text())
+    edit(release)
+    (rel / "release.json").write_text(json.dumps(release, sort_keys=True, indent=2) + "\n")
+    (rel / "README.md").write_text(render_card(release), encoding="utf-8")
+    write_sums(rel)
+    report = audit_release(rel, load_weights=False)
+    assert any(c.file == "release.json" and field in f"{c.check}: {c.detail}" for c in report.failures), \
+        failures(report)
+
+
+def test_a_copied_croissant_file_is_regenerated_from_its_manifest(trained: dict[str, Path], tmp_path: Path) -> None:
+    rel = tampered(trained, tmp_path)
+    file = rel / "lineage/00-pretrain/data/croissant.json"
+    doc = json.loads(file.read_text())
+    doc["distribution"][1]["contentSize"] = "1 B"
+    file.write_text(json.dumps(doc, sort_keys=True, indent=2) + "\n")
+    write_sums(rel)
+    assert failures(audit_release(rel, load_weights=False)) == [
+        "lineage/00-pretrain/data/croissant.json: regenerated from manifest.json byte for byte"]
