@@ -1,13 +1,15 @@
 """The curation run as a chain of datatrove phases, each a list of PipelineSteps on an executor.
 
-    filter          (tasks)    read -> extract -> language -> url_filter -> gopher_repetition
+    filter          (tasks)    read -> extract -> pii -> language -> url_filter -> gopher_repetition
                                -> gopher_quality -> c4 -> fineweb_quality -> [exact signatures]
     exact_find      (1)        datatrove ExactFindDedups
     exact_filter    (tasks)    exact_dedup -> [MinHash signatures]
     minhash_buckets (buckets)  datatrove MinhashDedupBuckets
     minhash_cluster (1)        datatrove MinhashDedupCluster
-    curate          (tasks)    minhash_dedup -> pii -> decontaminate -> curated/<rank>.parquet
+    curate          (tasks)    minhash_dedup -> decontaminate -> curated/<rank>.parquet
     manifest        (1)        manifest.json, reports/
+
+PII masking comes first after extraction, before anything writes a document's text (see PIIConfig).
 
 Disabled dedup stages remove their phases. Every phase keeps datatrove's completion markers under
 work/logs/<phase>/, so a rerun of a killed run skips finished tasks; tasks are deterministic and write
@@ -41,6 +43,7 @@ from data_pipeline.curate.steps.transform import (
     MaskPII,
     UrlFilterStage,
     check_filter_params,
+    pii_settings,
 )
 from data_pipeline.curate.steps.write import CuratedWriter, WriteManifest
 from data_pipeline.manifest import recorded_config_sha256
@@ -104,13 +107,17 @@ def build_phases(config: CurateConfig) -> list[Phase]:
         return str(run / "excluded" / stage)
 
     sources = [s.to_dict() | {"path": str(Path(s.path).resolve())} for s in config.sources]
-    reader = SourceReader(sources, config.input.max_document_bytes, counts, str(run / "quarantine"))
+    pii = pii_settings(stages.pii) if stages.pii.enabled else None
+    reader = SourceReader(sources, config.input.max_document_bytes, counts, str(run / "quarantine"), pii)
     steps: list[PipelineStep] = [reader]
     names = ["read"]
     if stages.extraction.enabled:
         e = stages.extraction
         steps.append(Extract(counts, excluded("extract"), e.extractor, e.main_content, e.favour_precision))
         names.append("extract")
+    if pii is not None:
+        steps.append(MaskPII(counts, pii))
+        names.append("pii")
     if stages.language.enabled:
         steps.append(LanguageId(counts, excluded("language"), stages.language.languages, stages.language.threshold))
         names.append("language")
@@ -176,10 +183,6 @@ def build_phases(config: CurateConfig) -> list[Phase]:
                                                                       "near_duplicate"))
         steps = [RankFileReader(folder), AccountedStep(inner, "minhash_dedup", "near_duplicate", counts)]
         names = ["minhash_dedup"]
-    if stages.pii.enabled:
-        p = stages.pii
-        steps.append(MaskPII(counts, p.emails, p.ips, p.only_public_ips, p.email_replacement, p.ip_replacement))
-        names.append("pii")
     if stages.decontamination.enabled:
         d = stages.decontamination
         steps.append(Decontaminate(counts, excluded("decontaminate"), d.evals, d.fields, d.n))

@@ -7,7 +7,8 @@ HTML; its id is content-derived: sha256(source, url, raw content), stable across
 
 A record that cannot be a document (malformed JSON, invalid UTF-8, empty, oversized, binary, a
 truncated WARC record...) goes to `quarantine/<rank>.jsonl` with its reason; the `read` stage counts
-it as dropped under that reason, so nothing disappears silently.
+it as dropped under that reason, so nothing disappears silently. Its preview (the record's start) is
+masked like the `pii` stage masks documents: quarantine holds no PII that curated data would not.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
 from data_pipeline.curate.steps.accounting import StageCounts
+from data_pipeline.curate.steps.transform import pii_masker
 from data_pipeline.rundir import write_atomic
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 BINARY_SNIFF_BYTES = 8192
 PREVIEW_CHARS = 200
+# Masked before the preview is cut: any email or IP address that starts in the preview ends in the window.
+PREVIEW_WINDOW = PREVIEW_CHARS + 1000
 DEFAULT_GLOBS = {"jsonl": "**/*.jsonl*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "files": "**/*"}
 
 
@@ -56,9 +60,10 @@ class Quarantined:
 
 
 def _preview(raw: bytes | str) -> str:
+    """The record's start, long enough to be masked before `PREVIEW_CHARS` of it are written."""
     if isinstance(raw, bytes):
-        return raw[:PREVIEW_CHARS].decode("utf-8", "backslashreplace")
-    return raw[:PREVIEW_CHARS]
+        return raw[:PREVIEW_WINDOW].decode("utf-8", "backslashreplace")
+    return raw[:PREVIEW_WINDOW]
 
 
 def list_source_files(source: dict) -> list[tuple[Path, str]]:
@@ -78,12 +83,14 @@ class SourceReader(PipelineStep):
     name = "atom sources"
     stage = "read"
 
-    def __init__(self, sources: list[dict], max_document_bytes: int, counts_dir: str, quarantine_dir: str):
+    def __init__(self, sources: list[dict], max_document_bytes: int, counts_dir: str, quarantine_dir: str,
+                 pii: dict[str, Any] | None = None):
         super().__init__()
         self.sources = sources
         self.max_document_bytes = max_document_bytes
         self.counts_dir = counts_dir
         self.quarantine_dir = quarantine_dir
+        self.pii = pii  # the `pii` stage's masking settings (None: off), applied to quarantine previews
 
     # -- per kind: yield Document | Quarantined -------------------------------------------------
 
@@ -226,6 +233,7 @@ class SourceReader(PipelineStep):
         readers = {"files": self.read_files, "jsonl": self.read_jsonl, "parquet": self.read_parquet,
                    "warc": self.read_warc}
         counts = StageCounts(self.stage)
+        mask = pii_masker(self.pii)
         per_source: dict[str, Counter] = {}
         quarantine: list[str] = []
         quarantine_path = Path(self.quarantine_dir) / f"{rank:05d}.jsonl"
@@ -243,7 +251,8 @@ class SourceReader(PipelineStep):
                     tally["quarantined"] += 1
                     quarantine.append(json.dumps({"source": source["name"], "location": item.location,
                                                   "reason": item.reason, "detail": item.detail,
-                                                  "preview": item.preview}, ensure_ascii=False))
+                                                  "preview": mask(item.preview)[:PREVIEW_CHARS]},
+                                                 ensure_ascii=False))
                     continue
                 size = len(item.text.encode("utf-8", "surrogatepass"))
                 counts.documents_kept += 1
@@ -268,9 +277,9 @@ class RankFileReader(PipelineStep):
     """Read back the intermediate JSONL a previous phase wrote for this rank (none: no documents)."""
 
     type = "📖 - READER"
-    name = "atom intermediate"
 
     def __init__(self, folder: str):
+        self.name = f"atom intermediate {Path(folder).name}"  # before PipelineStep.__init__ names the stats
         super().__init__()
         self.folder = folder
 
@@ -288,9 +297,9 @@ class RankFileWriter(PipelineStep):
     """Write this rank's documents to an intermediate JSONL (atomically, at the end) and pass them on."""
 
     type = "💽 - WRITER"
-    name = "atom intermediate"
 
     def __init__(self, folder: str):
+        self.name = f"atom intermediate {Path(folder).name}"  # before PipelineStep.__init__ names the stats
         super().__init__()
         self.folder = folder
 
