@@ -34,7 +34,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipeline.curate.config import CurateConfig, check_inputs
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
-from data_pipeline.curate.steps.decontam import Decontaminate
+from data_pipeline.curate.steps.decontam import Decontaminate, eval_files
 from data_pipeline.curate.steps.read import RankFileReader, RankFileWriter, SourceReader, list_source_files
 from data_pipeline.curate.steps.transform import (
     DatatroveFilterStage,
@@ -46,7 +46,7 @@ from data_pipeline.curate.steps.transform import (
     pii_settings,
 )
 from data_pipeline.curate.steps.write import CuratedWriter, WriteManifest
-from data_pipeline.manifest import recorded_config_sha256
+from data_pipeline.manifest import content_name, file_record, recorded_config
 from data_pipeline.rundir import RunDir
 
 STAGE_NAME = "data"
@@ -93,6 +93,22 @@ class ReasonJsonlWriter(JsonlWriter):
 
     def _default_adapter(self, document: Document) -> dict:
         return exclusion_record(document, self.stage, self.reason)
+
+
+def recorded_curation_config(config: CurateConfig) -> dict[str, Any]:
+    """`recorded_config` with every eval set that exists named by its content (the manifest phase names the
+    sources by theirs, from the read tasks' file records): config_sha256 names no directory."""
+    data = recorded_config(config)
+    decontamination = data["stages"]["decontamination"]
+    named = []
+    for entry in decontamination["evals"]:
+        path = Path(entry)
+        if entry != "builtin" and path.exists():
+            root = path if path.is_dir() else path.parent
+            entry = content_name([file_record(f, root) for f in eval_files([entry])])
+        named.append(entry)
+    decontamination["evals"] = named
+    return data
 
 
 def build_phases(config: CurateConfig) -> list[Phase]:
@@ -190,7 +206,7 @@ def build_phases(config: CurateConfig) -> list[Phase]:
     steps.append(CuratedWriter(str(run / "curated"), counts, config.output.compression, config.output.row_group_size))
     phases.append(Phase("curate", steps, tasks, names))
     all_stages = [name for phase in phases for name in phase.stages]
-    manifest = WriteManifest(str(run), all_stages, sources, recorded_config_sha256(config), tasks)
+    manifest = WriteManifest(str(run), all_stages, sources, recorded_curation_config(config), tasks)
     phases.append(Phase("manifest", [manifest], 1))
     return phases
 

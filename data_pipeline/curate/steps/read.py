@@ -4,6 +4,8 @@
 plain-text files). The files of all sources, sorted, are dealt round-robin to the tasks. Each record
 becomes a `Document` whose metadata holds source, license, url, source_version and whether it is
 HTML; its id is content-derived: sha256(source, url, raw content), stable across reruns and machines.
+Each task also records a file record (relative path, bytes, sha256) of every input file it reads: the
+manifest names each source by that content, not by where it lies.
 
 A record that cannot be a document (malformed JSON, invalid UTF-8, empty, oversized, binary, a
 truncated WARC record...) goes to `quarantine/<rank>.jsonl` with its reason; the `read` stage counts
@@ -31,6 +33,7 @@ from datatrove.utils.logging import logger
 
 from data_pipeline.curate.steps.accounting import StageCounts
 from data_pipeline.curate.steps.transform import pii_masker
+from data_pipeline.manifest import file_record
 from data_pipeline.rundir import write_atomic
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -235,6 +238,7 @@ class SourceReader(PipelineStep):
         counts = StageCounts(self.stage)
         mask = pii_masker(self.pii)
         per_source: dict[str, Counter] = {}
+        inputs: dict[str, list[dict]] = {}  # source -> file records, from which the manifest names its content
         quarantine: list[str] = []
         quarantine_path = Path(self.quarantine_dir) / f"{rank:05d}.jsonl"
         quarantine_path.unlink(missing_ok=True)
@@ -242,6 +246,7 @@ class SourceReader(PipelineStep):
         logger.info(f"[read task {rank}] {len(shard)} input files")
         for i, (source, path, rel) in enumerate(shard):
             tally = per_source.setdefault(source["name"], Counter())
+            inputs.setdefault(source["name"], []).append({**file_record(path, path.parent), "path": rel})
             started = time.perf_counter()
             for item in readers[source["kind"]](source, path, rel):
                 counts.documents_in += 1
@@ -270,7 +275,8 @@ class SourceReader(PipelineStep):
         if quarantine:
             write_atomic(quarantine_path, "\n".join(quarantine) + "\n")
         counts.save(self.counts_dir, rank,
-                    {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())}})
+                    {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())},
+                     "inputs": inputs})
 
 
 class RankFileReader(PipelineStep):
