@@ -64,19 +64,30 @@ def code_version() -> str:
         return "atom==unknown"
 
 
-def recorded_config_sha256(config: Any) -> str:
-    """sha256 of `recorded_config` as canonical JSON: a run's identity, wherever its directory is."""
+def canonical_sha256(obj: Any) -> str:
+    """sha256 of `obj` as canonical JSON (sorted keys, no spaces)."""
     import json
 
-    canonical = json.dumps(recorded_config(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def recorded_config_sha256(config: Any) -> str:
+    """sha256 of `recorded_config` as canonical JSON: a run's identity, wherever its directory is."""
+    return canonical_sha256(recorded_config(config))
+
+
+def content_name(records: list[dict[str, Any]]) -> str:
+    """Files named by what they hold, not where they lie: `sha256:` of their file records (path relative
+    to their own root, bytes, sha256) sorted by path. How a manifest records an input path."""
+    return "sha256:" + canonical_sha256(sorted(records, key=lambda r: r["path"]))
 
 
 def recorded_config(config: Any) -> dict[str, Any]:
     """A stage config as a manifest records it: resolved, but without `run.dir`/`run.overwrite`.
 
     The manifest sits in run.dir, so recording it would only make identical builds in two directories
-    differ; every other value (input paths as the user wrote them) is kept.
+    differ; every other value is kept. Stages whose manifests promise no absolute path replace their
+    input paths with `content_name`s (curate, tokenize).
     """
     data = config.to_dict()
     run = dict(data.get("run") or {})

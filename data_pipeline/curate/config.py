@@ -97,6 +97,15 @@ class MinhashConfig(ConfigModel):
 
 
 class PIIConfig(ConfigModel):
+    """Masking of emails and public IPs, and the privacy rule of every curation output.
+
+    The mask runs right after extraction, before any other stage, so the text of every writer after it
+    (curated shards, excluded/<stage>/, work/ intermediates, decontamination report) is masked. Before it,
+    nothing holds unmasked text: quarantine previews go through the same mask, and excluded/extract/
+    (raw pages that yielded no text) holds ids, reasons and metadata only. Masking replaces text only:
+    urls and ids are kept as read (ids hash the raw record, they do not reveal it).
+    """
+
     enabled: bool = True
     emails: bool = True
     ips: bool = True
@@ -117,6 +126,7 @@ class StagesConfig(ConfigModel):
     """Every stage, in the order they run."""
 
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     url_filter: UrlFilterConfig = Field(default_factory=UrlFilterConfig)
     gopher_repetition: QualityFilterConfig = Field(default_factory=QualityFilterConfig)
@@ -127,7 +137,6 @@ class StagesConfig(ConfigModel):
     fineweb_quality: QualityFilterConfig = Field(default_factory=QualityFilterConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     minhash: MinhashConfig = Field(default_factory=MinhashConfig)
-    pii: PIIConfig = Field(default_factory=PIIConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
 
 

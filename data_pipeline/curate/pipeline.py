@@ -1,13 +1,15 @@
 """The curation run as a chain of datatrove phases, each a list of PipelineSteps on an executor.
 
-    filter          (tasks)    read -> extract -> language -> url_filter -> gopher_repetition
+    filter          (tasks)    read -> extract -> pii -> language -> url_filter -> gopher_repetition
                                -> gopher_quality -> c4 -> fineweb_quality -> [exact signatures]
     exact_find      (1)        datatrove ExactFindDedups
     exact_filter    (tasks)    exact_dedup -> [MinHash signatures]
     minhash_buckets (buckets)  datatrove MinhashDedupBuckets
     minhash_cluster (1)        datatrove MinhashDedupCluster
-    curate          (tasks)    minhash_dedup -> pii -> decontaminate -> curated/<rank>.parquet
+    curate          (tasks)    minhash_dedup -> decontaminate -> curated/<rank>.parquet
     manifest        (1)        manifest.json, reports/
+
+PII masking comes first after extraction, before anything writes a document's text (see PIIConfig).
 
 Disabled dedup stages remove their phases. Every phase keeps datatrove's completion markers under
 work/logs/<phase>/, so a rerun of a killed run skips finished tasks; tasks are deterministic and write
@@ -32,7 +34,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipeline.curate.config import CurateConfig, check_inputs
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
-from data_pipeline.curate.steps.decontam import Decontaminate
+from data_pipeline.curate.steps.decontam import Decontaminate, eval_files
 from data_pipeline.curate.steps.read import RankFileReader, RankFileWriter, SourceReader, list_source_files
 from data_pipeline.curate.steps.transform import (
     DatatroveFilterStage,
@@ -41,9 +43,10 @@ from data_pipeline.curate.steps.transform import (
     MaskPII,
     UrlFilterStage,
     check_filter_params,
+    pii_settings,
 )
 from data_pipeline.curate.steps.write import CuratedWriter, WriteManifest
-from data_pipeline.manifest import recorded_config_sha256
+from data_pipeline.manifest import content_name, file_record, recorded_config
 from data_pipeline.rundir import RunDir
 
 STAGE_NAME = "data"
@@ -92,6 +95,22 @@ class ReasonJsonlWriter(JsonlWriter):
         return exclusion_record(document, self.stage, self.reason)
 
 
+def recorded_curation_config(config: CurateConfig) -> dict[str, Any]:
+    """`recorded_config` with every eval set that exists named by its content (the manifest phase names the
+    sources by theirs, from the read tasks' file records): config_sha256 names no directory."""
+    data = recorded_config(config)
+    decontamination = data["stages"]["decontamination"]
+    named = []
+    for entry in decontamination["evals"]:
+        path = Path(entry)
+        if entry != "builtin" and path.exists():
+            root = path if path.is_dir() else path.parent
+            entry = content_name([file_record(f, root) for f in eval_files([entry])])
+        named.append(entry)
+    decontamination["evals"] = named
+    return data
+
+
 def build_phases(config: CurateConfig) -> list[Phase]:
     """The phases of this config, with absolute paths (jobs may run in another directory)."""
     check_inputs(config)
@@ -104,13 +123,17 @@ def build_phases(config: CurateConfig) -> list[Phase]:
         return str(run / "excluded" / stage)
 
     sources = [s.to_dict() | {"path": str(Path(s.path).resolve())} for s in config.sources]
-    reader = SourceReader(sources, config.input.max_document_bytes, counts, str(run / "quarantine"))
+    pii = pii_settings(stages.pii) if stages.pii.enabled else None
+    reader = SourceReader(sources, config.input.max_document_bytes, counts, str(run / "quarantine"), pii)
     steps: list[PipelineStep] = [reader]
     names = ["read"]
     if stages.extraction.enabled:
         e = stages.extraction
         steps.append(Extract(counts, excluded("extract"), e.extractor, e.main_content, e.favour_precision))
         names.append("extract")
+    if pii is not None:
+        steps.append(MaskPII(counts, pii))
+        names.append("pii")
     if stages.language.enabled:
         steps.append(LanguageId(counts, excluded("language"), stages.language.languages, stages.language.threshold))
         names.append("language")
@@ -176,10 +199,6 @@ def build_phases(config: CurateConfig) -> list[Phase]:
                                                                       "near_duplicate"))
         steps = [RankFileReader(folder), AccountedStep(inner, "minhash_dedup", "near_duplicate", counts)]
         names = ["minhash_dedup"]
-    if stages.pii.enabled:
-        p = stages.pii
-        steps.append(MaskPII(counts, p.emails, p.ips, p.only_public_ips, p.email_replacement, p.ip_replacement))
-        names.append("pii")
     if stages.decontamination.enabled:
         d = stages.decontamination
         steps.append(Decontaminate(counts, excluded("decontaminate"), d.evals, d.fields, d.n))
@@ -187,7 +206,7 @@ def build_phases(config: CurateConfig) -> list[Phase]:
     steps.append(CuratedWriter(str(run / "curated"), counts, config.output.compression, config.output.row_group_size))
     phases.append(Phase("curate", steps, tasks, names))
     all_stages = [name for phase in phases for name in phase.stages]
-    manifest = WriteManifest(str(run), all_stages, sources, recorded_config_sha256(config), tasks)
+    manifest = WriteManifest(str(run), all_stages, sources, recorded_curation_config(config), tasks)
     phases.append(Phase("manifest", [manifest], 1))
     return phases
 

@@ -10,7 +10,7 @@
                            source_version, shard, token_start, token_end (global, end exclusive)
 
 Global token positions run over the shards in manifest order. Nothing hashed holds a timestamp or an
-absolute path.
+absolute path: the recorded config names its inputs by content (`manifest.content_name`).
 """
 
 from __future__ import annotations

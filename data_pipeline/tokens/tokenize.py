@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config, sha256_file
+from data_pipeline.manifest import code_version, content_name, file_record, recorded_config, sha256_file
 from data_pipeline.rundir import RunDir, write_json
 from data_pipeline.stage import Stage
 from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
@@ -219,6 +219,15 @@ def stage_inputs(config: TokenizeConfig) -> dict[str, str]:
     return {"input": config.input, "tokenizer": config.tokenizer}
 
 
+def recorded_tokenize_config(config: TokenizeConfig, curated: CuratedRun, tokenizer_dir: Path) -> dict[str, Any]:
+    """The config as the manifest records it, inputs named by content (the same data built anywhere gives
+    the same manifest): `input` the sha256 of the curated run's manifest.json (which vouches for every
+    shard), `tokenizer` the content name of the tokenizer files."""
+    records = [file_record(tokenizer_dir / name, tokenizer_dir) for name in TOKENIZER_FILES]
+    return recorded_config(config) | {"input": f"sha256:{curated.manifest_sha256}",
+                                      "tokenizer": content_name(records)}
+
+
 def run(config: TokenizeConfig) -> Path:
     from data_pipeline.croissant import write_croissant
 
@@ -269,7 +278,7 @@ def run(config: TokenizeConfig) -> Path:
         "schema": fmt.DATASET_SCHEMA,
         "kind": "dataset",
         "code_version": code_version(),
-        "config": recorded_config(config),
+        "config": recorded_tokenize_config(config, curated, tokenizer_dir),
         "dtype": dtype,
         "eos_appended": True,
         "n_tokens": writer.n_tokens,

@@ -47,8 +47,8 @@ def test_output_contract(sample_run):
 def test_every_document_accounted_for(sample_run):
     stages = read_manifest(sample_run)["stages"]
     assert [s["name"] for s in stages] == [
-        "read", "extract", "language", "url_filter", "gopher_repetition", "gopher_quality", "c4",
-        "fineweb_quality", "exact_dedup", "minhash_dedup", "pii", "decontaminate"]
+        "read", "extract", "pii", "language", "url_filter", "gopher_repetition", "gopher_quality", "c4",
+        "fineweb_quality", "exact_dedup", "minhash_dedup", "decontaminate"]
     for stage in stages:
         assert stage["documents_in"] == stage["documents_kept"] + sum(stage["dropped"].values()), stage
         excluded = read_excluded(sample_run, stage["name"])

@@ -63,17 +63,22 @@ class StageCounts:
         write_json(Path(counts_dir) / self.stage / f"{rank:05d}.json", data)
 
 
-def exclusion_record(doc: Document, stage: str, reason: str) -> dict[str, Any]:
+def exclusion_record(doc: Document, stage: str, reason: str, text: bool = True) -> dict[str, Any]:
+    """What an exclusion file says of a dropped document; `text` False leaves the text out."""
     meta = {k: v for k, v in doc.metadata.items() if k not in ("html",)}
-    return {"id": doc.id, "stage": stage, "reason": reason, "text": doc.text, "metadata": meta}
+    record = {"id": doc.id, "stage": stage, "reason": reason, "metadata": meta}
+    if text:
+        record["text"] = doc.text
+    return record
 
 
 class ExclusionFile:
     """Dropped documents of one stage and task, streamed to a temporary file, published at close."""
 
-    def __init__(self, directory: str | None, stage: str, rank: int):
+    def __init__(self, directory: str | None, stage: str, rank: int, text: bool = True):
         self.path = Path(directory) / f"{rank:05d}.jsonl" if directory else None
         self.stage = stage
+        self.text = text
         self._fh = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
@@ -84,7 +89,8 @@ class ExclusionFile:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path.with_name(f".{self.path.name}.tmp"), "w", encoding="utf-8")
-        self._fh.write(json.dumps(exclusion_record(doc, self.stage, reason) | extra, ensure_ascii=False) + "\n")
+        record = exclusion_record(doc, self.stage, reason, self.text) | extra
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         if self._fh is not None:
@@ -98,6 +104,7 @@ class CurationStep(PipelineStep):
 
     type = "🧮 - ATOM"
     stage: str = "stage"
+    exclusion_text: bool = True  # False for stages before PII masking: their drops would hold unmasked text
 
     def __init__(self, counts_dir: str, exclusion_dir: str | None = None):
         super().__init__()
@@ -112,7 +119,7 @@ class CurationStep(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         counts = StageCounts(self.stage)
-        excluded = ExclusionFile(self.exclusion_dir, self.stage, rank)
+        excluded = ExclusionFile(self.exclusion_dir, self.stage, rank, self.exclusion_text)
         started = time.perf_counter()
         self.setup()
         counts.seconds += time.perf_counter() - started
@@ -148,12 +155,12 @@ class AccountedStep(PipelineStep):
     type = "🧮 - ATOM"
 
     def __init__(self, inner: PipelineStep, stage: str, reason: str, counts_dir: str):
+        self.name = f"{stage} ({inner.name})"  # before PipelineStep.__init__, which names the stats by it
         super().__init__()
         self.inner = inner
         self.stage = stage
         self.reason = reason
         self.counts_dir = counts_dir
-        self.name = f"{stage} ({inner.name})"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         counts = StageCounts(self.stage)

@@ -4,10 +4,13 @@
 plain-text files). The files of all sources, sorted, are dealt round-robin to the tasks. Each record
 becomes a `Document` whose metadata holds source, license, url, source_version and whether it is
 HTML; its id is content-derived: sha256(source, url, raw content), stable across reruns and machines.
+Each task also records a file record (relative path, bytes, sha256) of every input file it reads: the
+manifest names each source by that content, not by where it lies.
 
 A record that cannot be a document (malformed JSON, invalid UTF-8, empty, oversized, binary, a
 truncated WARC record...) goes to `quarantine/<rank>.jsonl` with its reason; the `read` stage counts
-it as dropped under that reason, so nothing disappears silently.
+it as dropped under that reason, so nothing disappears silently. Its preview (the record's start) is
+masked like the `pii` stage masks documents: quarantine holds no PII that curated data would not.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
 from data_pipeline.curate.steps.accounting import StageCounts
+from data_pipeline.curate.steps.transform import pii_masker
+from data_pipeline.manifest import file_record
 from data_pipeline.rundir import write_atomic
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 BINARY_SNIFF_BYTES = 8192
 PREVIEW_CHARS = 200
+# Masked before the preview is cut: any email or IP address that starts in the preview ends in the window.
+PREVIEW_WINDOW = PREVIEW_CHARS + 1000
 DEFAULT_GLOBS = {"jsonl": "**/*.jsonl*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "files": "**/*"}
 
 
@@ -56,9 +63,10 @@ class Quarantined:
 
 
 def _preview(raw: bytes | str) -> str:
+    """The record's start, long enough to be masked before `PREVIEW_CHARS` of it are written."""
     if isinstance(raw, bytes):
-        return raw[:PREVIEW_CHARS].decode("utf-8", "backslashreplace")
-    return raw[:PREVIEW_CHARS]
+        return raw[:PREVIEW_WINDOW].decode("utf-8", "backslashreplace")
+    return raw[:PREVIEW_WINDOW]
 
 
 def list_source_files(source: dict) -> list[tuple[Path, str]]:
@@ -78,12 +86,14 @@ class SourceReader(PipelineStep):
     name = "atom sources"
     stage = "read"
 
-    def __init__(self, sources: list[dict], max_document_bytes: int, counts_dir: str, quarantine_dir: str):
+    def __init__(self, sources: list[dict], max_document_bytes: int, counts_dir: str, quarantine_dir: str,
+                 pii: dict[str, Any] | None = None):
         super().__init__()
         self.sources = sources
         self.max_document_bytes = max_document_bytes
         self.counts_dir = counts_dir
         self.quarantine_dir = quarantine_dir
+        self.pii = pii  # the `pii` stage's masking settings (None: off), applied to quarantine previews
 
     # -- per kind: yield Document | Quarantined -------------------------------------------------
 
@@ -226,7 +236,9 @@ class SourceReader(PipelineStep):
         readers = {"files": self.read_files, "jsonl": self.read_jsonl, "parquet": self.read_parquet,
                    "warc": self.read_warc}
         counts = StageCounts(self.stage)
+        mask = pii_masker(self.pii)
         per_source: dict[str, Counter] = {}
+        inputs: dict[str, list[dict]] = {}  # source -> file records, from which the manifest names its content
         quarantine: list[str] = []
         quarantine_path = Path(self.quarantine_dir) / f"{rank:05d}.jsonl"
         quarantine_path.unlink(missing_ok=True)
@@ -234,6 +246,7 @@ class SourceReader(PipelineStep):
         logger.info(f"[read task {rank}] {len(shard)} input files")
         for i, (source, path, rel) in enumerate(shard):
             tally = per_source.setdefault(source["name"], Counter())
+            inputs.setdefault(source["name"], []).append({**file_record(path, path.parent), "path": rel})
             started = time.perf_counter()
             for item in readers[source["kind"]](source, path, rel):
                 counts.documents_in += 1
@@ -243,7 +256,8 @@ class SourceReader(PipelineStep):
                     tally["quarantined"] += 1
                     quarantine.append(json.dumps({"source": source["name"], "location": item.location,
                                                   "reason": item.reason, "detail": item.detail,
-                                                  "preview": item.preview}, ensure_ascii=False))
+                                                  "preview": mask(item.preview)[:PREVIEW_CHARS]},
+                                                 ensure_ascii=False))
                     continue
                 size = len(item.text.encode("utf-8", "surrogatepass"))
                 counts.documents_kept += 1
@@ -261,16 +275,17 @@ class SourceReader(PipelineStep):
         if quarantine:
             write_atomic(quarantine_path, "\n".join(quarantine) + "\n")
         counts.save(self.counts_dir, rank,
-                    {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())}})
+                    {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())},
+                     "inputs": inputs})
 
 
 class RankFileReader(PipelineStep):
     """Read back the intermediate JSONL a previous phase wrote for this rank (none: no documents)."""
 
     type = "📖 - READER"
-    name = "atom intermediate"
 
     def __init__(self, folder: str):
+        self.name = f"atom intermediate {Path(folder).name}"  # before PipelineStep.__init__ names the stats
         super().__init__()
         self.folder = folder
 
@@ -288,9 +303,9 @@ class RankFileWriter(PipelineStep):
     """Write this rank's documents to an intermediate JSONL (atomically, at the end) and pass them on."""
 
     type = "💽 - WRITER"
-    name = "atom intermediate"
 
     def __init__(self, folder: str):
+        self.name = f"atom intermediate {Path(folder).name}"  # before PipelineStep.__init__ names the stats
         super().__init__()
         self.folder = folder
 

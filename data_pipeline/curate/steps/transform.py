@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 
 from data_pipeline.config import ConfigError
+from data_pipeline.curate.config import PIIConfig
 from data_pipeline.curate.steps.accounting import CurationStep
 
 UNKNOWN_LANGUAGE = "und"
@@ -55,10 +57,14 @@ def trafilatura_extract(html: str, favour_precision: bool) -> str:
 
 
 class Extract(CurationStep):
-    """HTML -> main text; documents that are not HTML pass unchanged."""
+    """HTML -> main text; documents that are not HTML pass unchanged.
+
+    Its exclusions hold no text: they would be raw pages, not yet PII-masked (masking needs the
+    extracted text); the page is in the input at the record's url/id."""
 
     name = "extract"
     stage = "extract"
+    exclusion_text = False
 
     def __init__(self, counts_dir: str, exclusion_dir: str, extractor: str, main_content: bool = True,
                  favour_precision: bool = True):
@@ -178,9 +184,9 @@ class DatatroveFilterStage(CurationStep):
 
     def __init__(self, stage: str, counts_dir: str, exclusion_dir: str, params: dict[str, Any],
                  per_language: dict[str, dict[str, Any]]):
-        super().__init__(counts_dir, exclusion_dir)
         self.stage = stage
-        self.name = stage
+        self.name = stage  # before PipelineStep.__init__, which heads the step's stats with its name
+        super().__init__(counts_dir, exclusion_dir)
         self.params = params
         self.per_language = per_language
         self._filters: dict[str, BaseFilter] = {}
@@ -232,23 +238,38 @@ class UrlFilterStage(CurationStep):
 # ---------------------------------------------------------------------------------------------
 
 
+def pii_settings(config: PIIConfig) -> dict[str, Any]:
+    """datatrove PIIFormatter arguments for the `pii` stage section."""
+    return dict(remove_emails=config.emails, remove_ips=config.ips, only_remove_public_ips=config.only_public_ips,
+                email_replacement=(config.email_replacement,), ip_replacement=(config.ip_replacement,))
+
+
+def pii_masker(settings: dict[str, Any] | None) -> Callable[[str], str]:
+    """The masking of the `pii` stage as a function (identity when the stage is off), for writers that see
+    text before that stage does (the reader's quarantine previews)."""
+    if settings is None:
+        return lambda text: text
+    from datatrove.pipeline.formatters.pii import PIIFormatter
+
+    return PIIFormatter(**settings).format
+
+
 class MaskPII(CurationStep):
-    """Replace email addresses and public IP addresses (datatrove's PIIFormatter patterns)."""
+    """Replace email addresses and public IP addresses (datatrove's PIIFormatter patterns).
+
+    It runs right after extraction, before any stage that can write a document's text (exclusions,
+    intermediate files, curated shards), so no output of the run holds what it masks."""
 
     name = "pii"
     stage = "pii"
 
-    def __init__(self, counts_dir: str, emails: bool, ips: bool, only_public_ips: bool,
-                 email_replacement: str, ip_replacement: str):
+    def __init__(self, counts_dir: str, settings: dict[str, Any]):
         super().__init__(counts_dir, None)
-        self.settings = dict(remove_emails=emails, remove_ips=ips, only_remove_public_ips=only_public_ips,
-                             email_replacement=(email_replacement,), ip_replacement=(ip_replacement,))
+        self.settings = settings
 
     def setup(self) -> None:
-        from datatrove.pipeline.formatters.pii import PIIFormatter
-
-        self.formatter = PIIFormatter(**self.settings)
+        self.mask = pii_masker(self.settings)
 
     def process(self, doc: Document) -> Document | str:
-        doc.text = self.formatter.format(doc.text)
+        doc.text = self.mask(doc.text)
         return doc

@@ -5,10 +5,12 @@ source_version, language (all strings), documents in input order; written to a t
 renamed when the task's input is exhausted, so a killed task never leaves half a shard.
 `WriteManifest` (one task, after everything): sums the per-task counts into `manifest.json`
 (schema atom.curation/1) and writes `reports/decontamination.json` and `reports/throughput.json`.
+The manifest holds no absolute path: inputs are named by content (`manifest.content_name`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import Counter
@@ -21,7 +23,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from data_pipeline.manifest import file_record
+from data_pipeline.manifest import canonical_sha256, content_name, file_record
 from data_pipeline.rundir import write_json
 
 MANIFEST_SCHEMA = "atom.curation/1"
@@ -97,23 +99,25 @@ class WriteManifest(PipelineStep):
     type = "🧮 - ATOM"
     name = "atom manifest"
 
-    def __init__(self, run_dir: str, stages: list[str], sources: list[dict], config_sha256: str, tasks: int):
+    def __init__(self, run_dir: str, stages: list[str], sources: list[dict], config: dict[str, Any], tasks: int):
         super().__init__()
         self.run_dir = run_dir
         self.stages = stages
         self.sources = sources
-        self.config_sha256 = config_sha256
+        self.config = config  # recorded config; source paths are named by content here, from the read counts
         self.tasks = tasks
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        manifest = build_manifest(Path(self.run_dir), self.stages, self.sources, self.config_sha256, self.tasks)
+        manifest = build_manifest(Path(self.run_dir), self.stages, self.sources, self.config, self.tasks)
         logger.info(f"manifest: {len(manifest['outputs'])} curated files, "
                     f"{sum(o['documents'] for o in manifest['outputs'])} documents")
         return
         yield
 
 
-def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config_sha256: str, tasks: int) -> dict:
+def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config: dict[str, Any], tasks: int) -> dict:
+    """manifest.json and reports/ from the per-task counts; `config_sha256` hashes `config` with each
+    source's path replaced by the content name of its files, so it names no directory."""
     counts_dir = run_dir / "work" / "counts"
     stage_entries, throughput = [], []
     for stage in stages:
@@ -137,9 +141,16 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
                            "docs_per_cpu_second": round(total["documents_in"] / seconds, 1) if seconds else None})
 
     read_in: dict[str, Counter] = {}
+    inputs: dict[str, list[dict]] = {}
     for f in sorted((counts_dir / "read").glob("*.json")):
-        for name, tally in json.loads(f.read_text(encoding="utf-8")).get("sources", {}).items():
+        counted = json.loads(f.read_text(encoding="utf-8"))
+        for name, tally in counted.get("sources", {}).items():
             read_in.setdefault(name, Counter()).update(tally)
+        for name, records in counted.get("inputs", {}).items():
+            inputs.setdefault(name, []).extend(records)
+    config = copy.deepcopy(config)
+    for entry in config["sources"]:
+        entry["path"] = content_name(inputs.get(entry["name"], []))
     out: dict[str, Counter] = {}
     for f in sorted((counts_dir / OUTPUT_COUNTS).glob("*.json")):
         for name, tally in json.loads(f.read_text(encoding="utf-8"))["sources"].items():
@@ -149,7 +160,8 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
                     "documents": out.get(s["name"], {}).get("documents", 0),
                     "bytes": out.get(s["name"], {}).get("bytes", 0),
                     "records_in": read_in.get(s["name"], {}).get("records", 0),
-                    "quarantined": read_in.get(s["name"], {}).get("quarantined", 0)}
+                    "quarantined": read_in.get(s["name"], {}).get("quarantined", 0),
+                    "input": content_name(inputs.get(s["name"], []))}
         for s in sources
     }
 
@@ -181,7 +193,7 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
     read_stage = next((s for s in stage_entries if s["name"] == "read"), None)
     manifest = {
         "schema": MANIFEST_SCHEMA,
-        "config_sha256": config_sha256,
+        "config_sha256": canonical_sha256(config),
         "sources": source_entries,
         "stages": stage_entries,
         "quarantine": read_stage["dropped"] if read_stage else {},
