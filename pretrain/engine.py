@@ -105,6 +105,12 @@ class FSDPEngine:
     def expert_load(self) -> dict[str, float]:
         return self.model.expert_load(reset=True)
 
+    def load_counters(self) -> dict:
+        return self.model.load_counters()
+
+    def restore_load_counters(self, counters: dict) -> None:
+        self.model.restore_load_counters(counters)
+
     def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
         app = {"app": _AppState(self.model, self.optimizer)}
 

@@ -77,7 +77,9 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "data": self.loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size,
-                "model": self.cfg.model.to_dict(), "last_stats": self.last_stats}
+                "model": self.cfg.model.to_dict(), "last_stats": self.last_stats,
+                # the logging rank's: only rank 0 logs the expert load (every rank restores these)
+                "load_counters": self.engine.load_counters()}
 
     def save(self, blocking: bool = True) -> Path:
         """Checkpoint now; with `blocking=False` (and checkpoint.async_save) training continues while it is
@@ -96,6 +98,7 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.nonfinite_total = state["nonfinite_total"]
         self.last_stats = state.get("last_stats", {})  # absent from checkpoints of older versions
+        self.engine.restore_load_counters(state.get("load_counters", {}))
         self.loader.load_state_dict(state["data"])
         if self.env.is_main:
             truncate_jsonl(self.manifest.path, self.step)

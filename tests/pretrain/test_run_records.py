@@ -141,3 +141,22 @@ def test_resume_after_the_final_checkpoint_keeps_the_final_figures(dataset: Path
     assert all(last_logged[k] == v for k, v in expected["final"].items())
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
     assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+
+
+def test_resume_between_log_steps_logs_the_uninterrupted_expert_load(dataset: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Checkpoints every 3 steps, logs every 2: the step-3 checkpoint holds the expert counts of step 3,
+    which the step-4 record shares with step 4's; resumed from it, that record must equal the uninterrupted
+    one (it counted step 4 only when the counters were not checkpointed)."""
+    def cfg(run_dir: Path):
+        return tiny_pretrain(dataset, run_dir, steps=6, checkpoint_interval=3)
+
+    pretrain(cfg(tmp_path / "whole"))
+    run_killed_after(cfg(tmp_path / "killed"), 3, monkeypatch)
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints")[0].step == 3
+    pretrain(cfg(tmp_path / "killed"))
+    step4 = [r for r in metrics(tmp_path / "whole") if r["step"] == 4 and "loss" in r]
+    assert step4 and any(k.startswith("moe/layer") for k in step4[0])
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+    assert summary(tmp_path / "killed") == summary(tmp_path / "whole")
