@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data_pipeline.rundir import RunDir
-from pretrain.checkpoint import Checkpointer
+from pretrain.checkpoint import Checkpointer, kill_point
 from pretrain.config import PretrainConfig
 from pretrain.data import Batch, DataLoader
 from pretrain.dataset import open_training_data
@@ -125,6 +125,7 @@ class Trainer:
         cfg = self.cfg
         self.start()
         while self.step < cfg.trainer.max_steps:
+            kill_point("before_step", self.step + 1)
             start = time.perf_counter()
             batch = self.loader.next_batch()
             lr = cfg.optimizer.lr * lr_multiplier(cfg.schedule, self.step, cfg.trainer.max_steps)
