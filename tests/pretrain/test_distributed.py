@@ -170,3 +170,40 @@ def test_fsdp2_nccl_bf16_fp8_all_gather_on_one_gpu(dataset: Path, tmp_path: Path
     torchrun(PretrainConfig.model_validate(cfg.to_dict()), tmp_path, nproc=1)
     found = losses(tmp_path / "gpu")
     assert all(x == x for x in found) and found[-1] < found[0]
+
+
+def refused(cfg_path: Path, *overrides: str, world_size: int = 1) -> str:
+    """stderr of `atom pretrain` refusing the config (exit 2, one line, no traceback)."""
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "atom", "pretrain", str(cfg_path),
+                           *(a for o in overrides for a in ("--set", o))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("atom pretrain: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_checkpoint_resumes_only_under_a_backend_that_reads_its_format(dataset: Path, tmp_path: Path):
+    """DeepSpeed's checkpoints and DCP's (none, fsdp2) are not interchangeable: switching between the two
+    families on resume is refused before any training work (the records and config stay as they were),
+    with one line naming the checkpoint and both backends; a switch within DCP's family stays accepted."""
+    for writer, others in (("deepspeed", ("none", "fsdp2")), ("none", ("deepspeed",))):
+        run_dir = tmp_path / writer
+        cfg = tiny_pretrain(dataset, run_dir, steps=2, checkpoint_interval=2)
+        cfg.parallel.backend = writer
+        if writer == "deepspeed":
+            torchrun(cfg, tmp_path, nproc=1)
+        else:
+            pretrain(cfg)
+        cfg_path = tmp_path / f"{writer}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+        before = {name: (run_dir / name).read_text() for name in ("config.yaml", "metrics.jsonl")}
+        for other in others:
+            # two ranks for fsdp2, refused before any process group (none exists to join: no torchrun)
+            line = refused(cfg_path, f"parallel.backend={other}", "trainer.max_steps=4",
+                           world_size=2 if other == "fsdp2" else 1)
+            assert str(run_dir / "checkpoints" / "step_00000002") in line, line
+            assert f"written by parallel.backend {'deepspeed' if writer == 'deepspeed' else 'none or fsdp2'}" in line
+            assert f"parallel.backend={other} cannot resume" in line, line
+            assert {name: (run_dir / name).read_text() for name in before} == before
