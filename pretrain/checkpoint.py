@@ -44,7 +44,8 @@ from data_pipeline.rundir import write_json
 COMPLETE = "COMPLETE.json"
 TRAINER_STATE = "trainer_state.json"
 PARTIAL = ".partial"
-# "<point>:<step>", e.g. "save_unrenamed:6": the process SIGKILLs itself when it reaches that point.
+# "<point>:<step>[@<rank>]", e.g. "save_unrenamed:6": the process (every rank, or only <rank>) SIGKILLs
+# itself when it reaches that point.
 KILL_AT = "ATOM_KILL_AT"
 log = logging.getLogger("atom.checkpoint")
 # One process is a supported layout, not a mistake: DCP's warning about it would print on every save.
@@ -85,7 +86,8 @@ def kill_point(point: str, step: int) -> None:
     `before_step` (the trainer, before step `step` starts), `save_started` (part of the checkpoint written),
     `write_in_flight` (the model and optimizer write started, possibly in the background), `save_unrenamed`
     (COMPLETE.json written, not yet renamed) and `saved` (renamed, retention applied)."""
-    if os.environ.get(KILL_AT) == f"{point}:{step}":
+    where, _, rank = os.environ.get(KILL_AT, "").partition("@")
+    if where == f"{point}:{step}" and rank in ("", str(_rank())):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
