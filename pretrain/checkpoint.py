@@ -13,6 +13,9 @@ With `async_save`, the engine copies the state to CPU memory and background thre
 while training goes on; the checkpoint is completed (COMPLETE.json, rename, retention) at the next save
 or at the end of the run, on every rank at the same point. Until then it is a `.partial` directory, so a kill
 while it is being written falls back to the previous checkpoint like any other crash.
+
+`kill_point` marks the places where a kill is most likely to corrupt something; with `ATOM_KILL_AT` set the
+process SIGKILLs itself at one of them, which is how the tests reproduce a kill at an exact place.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +44,9 @@ from data_pipeline.rundir import write_json
 COMPLETE = "COMPLETE.json"
 TRAINER_STATE = "trainer_state.json"
 PARTIAL = ".partial"
+# "<point>:<step>[@<rank>]", e.g. "save_unrenamed:6": the process (every rank, or only <rank>) SIGKILLs
+# itself when it reaches that point.
+KILL_AT = "ATOM_KILL_AT"
 log = logging.getLogger("atom.checkpoint")
 # One process is a supported layout, not a mistake: DCP's warning about it would print on every save.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -71,6 +78,17 @@ def _barrier() -> None:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def kill_point(point: str, step: int) -> None:
+    """Die here, as by a SIGKILL from outside (no handler, no flush), if `ATOM_KILL_AT` names this point:
+    crash tests then kill at an exact place (mid-save, mid-write) instead of racing a timer. Points:
+    `before_step` (the trainer, before step `step` starts), `save_started` (part of the checkpoint written),
+    `write_in_flight` (the model and optimizer write started, possibly in the background), `save_unrenamed`
+    (COMPLETE.json written, not yet renamed) and `saved` (renamed, retention applied)."""
+    where, _, rank = os.environ.get(KILL_AT, "").partition("@")
+    if where == f"{point}:{step}" and rank in ("", str(_rank())):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -146,12 +164,14 @@ class Checkpointer:
         torch.save(torch.get_rng_state(), partial / f"rng_rank{_rank():05d}.pt")
         if _is_main():
             write_json(partial / TRAINER_STATE, trainer_state)
+        kill_point("save_started", step)
         written = write_state(partial)
         background = None
         if isinstance(written, Future):
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atom-checkpoint")
             background = self._executor.submit(self._finish_write, written, partial)
+        kill_point("write_in_flight", step)
         self._pending = (background, step, partial)
         if blocking or background is None:
             self.wait()
@@ -176,12 +196,14 @@ class Checkpointer:
             records = records if records is not None else _file_records(partial)
             write_json(partial / COMPLETE, {"step": step, "files": records})
             _fsync_dir(partial)
+            kill_point("save_unrenamed", step)
             if final.exists():  # a re-save of the same step after a resume: replace it whole
                 shutil.rmtree(final)
             os.replace(partial, final)
             _fsync_dir(self.root)
             self._apply_retention()
         _barrier()
+        kill_point("saved", step)
         self.log.info(f"checkpoint step {step} -> {final}")
         return final
 

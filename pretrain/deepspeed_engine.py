@@ -94,6 +94,12 @@ class DeepSpeedEngine:
     def expert_load(self) -> dict[str, float]:
         return self.ds.module.expert_load(reset=True)
 
+    def load_counters(self) -> dict:
+        return self.ds.module.load_counters()
+
+    def restore_load_counters(self, counters: dict) -> None:
+        self.ds.module.restore_load_counters(counters)
+
     def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
         def write(d: Path) -> None:  # synchronous: the config refuses checkpoint.async_save with DeepSpeed
             self.ds.save_checkpoint(str(d / DS_DIR), tag=DS_TAG)

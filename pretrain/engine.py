@@ -23,8 +23,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
-from pretrain.checkpoint import Checkpoint, Checkpointer
+from data_pipeline.config import ConfigError
+from pretrain.checkpoint import Checkpoint, Checkpointer, list_checkpoints
 from pretrain.config import PretrainConfig
+from pretrain.deepspeed_engine import DS_DIR
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.parallel import DistEnv, parallelize
 
@@ -105,6 +107,12 @@ class FSDPEngine:
     def expert_load(self) -> dict[str, float]:
         return self.model.expert_load(reset=True)
 
+    def load_counters(self) -> dict:
+        return self.model.load_counters()
+
+    def restore_load_counters(self, counters: dict) -> None:
+        self.model.restore_load_counters(counters)
+
     def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
         app = {"app": _AppState(self.model, self.optimizer)}
 
@@ -129,6 +137,21 @@ class FSDPEngine:
 
 def _dcp_dir(ckpt_dir: Path) -> Path:
     return ckpt_dir / DCP_DIR if (ckpt_dir / DCP_DIR).is_dir() else ckpt_dir
+
+
+def check_checkpoint_format(cfg: PretrainConfig) -> None:
+    """Refuse a run directory whose checkpoints the configured backend cannot read, before any training work.
+
+    Backends none and fsdp2 share one format (DCP, loadable on any number of ranks); DeepSpeed has its own
+    and neither family converts the other's. Without this check a switch passes the config comparison on
+    resume (`parallel` may change) and fails halfway through loading with a raw assertion."""
+    deepspeed = cfg.parallel.backend == "deepspeed"
+    ours, theirs, writer = (DS_DIR, DCP_DIR, "none or fsdp2") if deepspeed else (DCP_DIR, DS_DIR, "deepspeed")
+    for ckpt in list_checkpoints(Path(cfg.run.dir) / "checkpoints"):
+        if (ckpt.path / theirs).is_dir() and not (ckpt.path / ours).is_dir():
+            raise ConfigError(f"{ckpt.path}: written by parallel.backend {writer} ({theirs}/), which "
+                              f"parallel.backend={cfg.parallel.backend} cannot resume from; resume with "
+                              f"parallel.backend {writer}, or train in another run.dir")
 
 
 def build_engine(cfg: PretrainConfig, env: DistEnv):

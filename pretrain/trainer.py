@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data_pipeline.rundir import RunDir
-from pretrain.checkpoint import Checkpointer
+from pretrain.checkpoint import Checkpointer, kill_point
 from pretrain.config import PretrainConfig
 from pretrain.data import Batch, DataLoader
 from pretrain.dataset import open_training_data
@@ -77,7 +77,9 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"step": self.step, "tokens_seen": self.tokens_seen, "data": self.loader.state_dict(),
                 "nonfinite_total": self.nonfinite_total, "world_size": self.env.world_size,
-                "model": self.cfg.model.to_dict(), "last_stats": self.last_stats}
+                "model": self.cfg.model.to_dict(), "last_stats": self.last_stats,
+                # the logging rank's: only rank 0 logs the expert load (every rank restores these)
+                "load_counters": self.engine.load_counters()}
 
     def save(self, blocking: bool = True) -> Path:
         """Checkpoint now; with `blocking=False` (and checkpoint.async_save) training continues while it is
@@ -96,6 +98,7 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.nonfinite_total = state["nonfinite_total"]
         self.last_stats = state.get("last_stats", {})  # absent from checkpoints of older versions
+        self.engine.restore_load_counters(state.get("load_counters", {}))
         self.loader.load_state_dict(state["data"])
         if self.env.is_main:
             truncate_jsonl(self.manifest.path, self.step)
@@ -122,6 +125,7 @@ class Trainer:
         cfg = self.cfg
         self.start()
         while self.step < cfg.trainer.max_steps:
+            kill_point("before_step", self.step + 1)
             start = time.perf_counter()
             batch = self.loader.next_batch()
             lr = cfg.optimizer.lr * lr_multiplier(cfg.schedule, self.step, cfg.trainer.max_steps)

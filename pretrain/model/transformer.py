@@ -125,6 +125,18 @@ class Transformer(nn.Module):
         for moe in self.moe_layers().values():
             moe.update_expert_bias()
 
+    def load_counters(self) -> dict[str, dict[str, list[float]]]:
+        """Each MoE layer's counters not yet consumed (the load `expert_load` has yet to report, the load the
+        next bias update has yet to use): checkpointed, so a run resumed between two logging steps logs the
+        same load as an uninterrupted one."""
+        return {str(i): {"tokens_per_expert": moe.tokens_per_expert.tolist(), "pending_load": moe.pending_load.tolist()}
+                for i, moe in self.moe_layers().items()}
+
+    def restore_load_counters(self, counters: dict[str, dict[str, list[float]]]) -> None:
+        for i, moe in self.moe_layers().items():
+            for name, values in counters.get(str(i), {}).items():
+                getattr(moe, name).copy_(torch.tensor(values))
+
     def expert_load(self, reset: bool = True) -> dict[str, float]:
         """Per-layer, per-expert share of routed tokens since the last reset, plus max/mean imbalance
         (1.0 is perfect balance), as flat names ready for a metrics logger."""

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from pretrain.checkpoint import list_checkpoints
+from pretrain.checkpoint import KILL_AT, list_checkpoints
 from pretrain.config import PretrainConfig
+from pretrain.metrics import read_jsonl, reproducible
 from pretrain.stage import run as pretrain
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset
@@ -95,9 +96,12 @@ def test_deepspeed_zero_trains_saves_resumes_and_matches(dataset: Path, single: 
     assert close(losses(single), losses(run_dir)), (losses(single), losses(run_dir))
 
 
-def test_kill_one_rank_and_restart_equals_uninterrupted(dataset: Path, tmp_path: Path):
+def test_kill_one_rank_and_restart_equals_uninterrupted(dataset: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
     """The killed run writes its checkpoints asynchronously (each rank in a background thread, over its own
-    gloo group); the reference writes them synchronously. Weights must still be equal, bit for bit."""
+    gloo group); the reference writes them synchronously. Rank 1 SIGKILLs itself before step 13, while step
+    10's checkpoint is still being written, and torchrun tears the group down: the restart resumes from step 5.
+    Weights must still be equal, bit for bit, and the records equal the uninterrupted run's."""
     steps = 40
     whole = tiny_pretrain(dataset, tmp_path / "whole", steps=steps, checkpoint_interval=5)
     whole.parallel.backend = "fsdp2"
@@ -105,22 +109,21 @@ def test_kill_one_rank_and_restart_equals_uninterrupted(dataset: Path, tmp_path:
     killed = tiny_pretrain(dataset, tmp_path / "killed", steps=steps, checkpoint_interval=5)
     killed.parallel.backend = "fsdp2"
     killed.checkpoint.async_save = True
-    proc = torchrun(killed, tmp_path, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    ckpts = tmp_path / "killed" / "checkpoints"
-    while len(list_checkpoints(ckpts)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    worker = subprocess.run(["pgrep", "-f", "-P", str(proc.pid), "atom pretrain"], capture_output=True, text=True)
-    pids = [int(p) for p in worker.stdout.split()]
-    assert pids, "no worker process found"
-    os.kill(pids[-1], 9)  # one rank dies; torchrun tears the group down
-    assert proc.wait(timeout=120) != 0
+    with monkeypatch.context() as patch:
+        patch.setenv(KILL_AT, "before_step:13@1")
+        proc = torchrun(killed, tmp_path, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.wait(timeout=300) != 0
     assert not (tmp_path / "killed" / "summary.json").exists()
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints")[0].step == 5
     torchrun(killed, tmp_path)
     wa, wb = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     _, records = read_train_manifest(tmp_path / "killed" / "train_tokens.jsonl")
     assert [r["batch"] for r in records] == list(range(steps))
+    for name in ("train_tokens.jsonl", "summary.json"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    assert [reproducible(r) for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [
+        reproducible(r) for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl")]
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(dataset: Path, single: Path, tmp_path: Path):
@@ -184,3 +187,40 @@ def test_fsdp2_nccl_bf16_fp8_all_gather_on_one_gpu(dataset: Path, tmp_path: Path
     assert len(found) == len(expected) == 4, (expected, found)  # steps 2, 4, 6, 8 (log_every 2)
     assert all(math.isfinite(x) for x in found) and found[-1] < found[0], found
     assert all(abs(a - b) <= FP8_LOSS_TOLERANCE * a for a, b in zip(expected, found, strict=True)), (expected, found)
+
+
+def refused(cfg_path: Path, *overrides: str, world_size: int = 1) -> str:
+    """stderr of `atom pretrain` refusing the config (exit 2, one line, no traceback)."""
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "atom", "pretrain", str(cfg_path),
+                           *(a for o in overrides for a in ("--set", o))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("atom pretrain: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_checkpoint_resumes_only_under_a_backend_that_reads_its_format(dataset: Path, tmp_path: Path):
+    """DeepSpeed's checkpoints and DCP's (none, fsdp2) are not interchangeable: switching between the two
+    families on resume is refused before any training work (the records and config stay as they were),
+    with one line naming the checkpoint and both backends; a switch within DCP's family stays accepted."""
+    for writer, others in (("deepspeed", ("none", "fsdp2")), ("none", ("deepspeed",))):
+        run_dir = tmp_path / writer
+        cfg = tiny_pretrain(dataset, run_dir, steps=2, checkpoint_interval=2)
+        cfg.parallel.backend = writer
+        if writer == "deepspeed":
+            torchrun(cfg, tmp_path, nproc=1)
+        else:
+            pretrain(cfg)
+        cfg_path = tmp_path / f"{writer}.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+        before = {name: (run_dir / name).read_text() for name in ("config.yaml", "metrics.jsonl")}
+        for other in others:
+            # two ranks for fsdp2, refused before any process group (none exists to join: no torchrun)
+            line = refused(cfg_path, f"parallel.backend={other}", "trainer.max_steps=4",
+                           world_size=2 if other == "fsdp2" else 1)
+            assert str(run_dir / "checkpoints" / "step_00000002") in line, line
+            assert f"written by parallel.backend {'deepspeed' if writer == 'deepspeed' else 'none or fsdp2'}" in line
+            assert f"parallel.backend={other} cannot resume" in line, line
+            assert {name: (run_dir / name).read_text() for name in before} == before

@@ -2,25 +2,34 @@
 uninterrupted run's: evaluation leaves the logged expert load alone, a restart drops what its checkpoint does
 not cover, and a run resumed at its end still reports the last step's figures.
 
-A kill is simulated in-process: the step after `step` raises an exception no code catches, once everything
-of `step` (records, checkpoint) is written, which is where a SIGKILL between two steps leaves a run.
+A kill is simulated in-process (the step after `step` raises an exception no code catches, once everything
+of `step` is written: where a SIGKILL between two steps leaves a run), or is a real SIGKILL that a training
+process sends itself at a named point (`ATOM_KILL_AT`, see pretrain.checkpoint.kill_point): mid-save,
+mid-write, after the final checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from pretrain.checkpoint import list_checkpoints
+from pretrain.checkpoint import COMPLETE, KILL_AT, list_checkpoints
 from pretrain.metrics import read_jsonl, reproducible
 from pretrain.model.config import MoEConfig
 from pretrain.model.moe import MoE
 from pretrain.stage import run as pretrain
 from pretrain.trainer import Trainer
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Killed(BaseException):
@@ -141,3 +150,75 @@ def test_resume_after_the_final_checkpoint_keeps_the_final_figures(dataset: Path
     assert all(last_logged[k] == v for k, v in expected["final"].items())
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
     assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+
+
+def test_resume_between_log_steps_logs_the_uninterrupted_expert_load(dataset: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """Checkpoints every 3 steps, logs every 2: the step-3 checkpoint holds the expert counts of step 3,
+    which the step-4 record shares with step 4's; resumed from it, that record must equal the uninterrupted
+    one (it counted step 4 only when the counters were not checkpointed)."""
+    def cfg(run_dir: Path):
+        return tiny_pretrain(dataset, run_dir, steps=6, checkpoint_interval=3)
+
+    pretrain(cfg(tmp_path / "whole"))
+    run_killed_after(cfg(tmp_path / "killed"), 3, monkeypatch)
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints")[0].step == 3
+    pretrain(cfg(tmp_path / "killed"))
+    step4 = [r for r in metrics(tmp_path / "whole") if r["step"] == 4 and "loss" in r]
+    assert step4 and any(k.startswith("moe/layer") for k in step4[0])
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    assert manifest_lines(tmp_path / "killed") == manifest_lines(tmp_path / "whole")
+    assert summary(tmp_path / "killed") == summary(tmp_path / "whole")
+
+
+def run_sigkilled_at(cfg, point: str, tmp_path: Path) -> None:
+    """Train `cfg` in a real process that SIGKILLs itself on reaching `point` ("<point>:<step>")."""
+    path = tmp_path / f"{Path(cfg.run.dir).name}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "atom", "pretrain", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, KILL_AT: point})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset: Path, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    pretrain(killable(dataset, run_dir, async_save=False))
+    return run_dir
+
+
+def killable(dataset: Path, run_dir: Path, async_save: bool):
+    """8 steps, checkpoints at 3, 6 and 8, logs every 2 steps, evaluates at 6."""
+    cfg = tiny_pretrain(dataset, run_dir, steps=8, checkpoint_interval=3)
+    cfg.checkpoint.async_save = async_save
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("point", "async_save", "resumed_from"), [
+    ("before_step:5", False, 3),
+    ("save_started:6", False, 3),  # trainer_state.json and RNG written, no model yet
+    ("save_unrenamed:6", False, 3),  # every file and COMPLETE.json written, not renamed
+    ("write_in_flight:6", True, 3),  # the background write just started
+    ("before_step:8", True, 3),  # step 6's write still pending while step 7 trained
+    ("saved:8", False, 8),  # after the final checkpoint, before summary.json
+], ids=["between-steps", "sync-save-started", "sync-save-unrenamed", "async-write", "async-pending", "after-final"])
+def test_sigkill_anywhere_then_resume_writes_the_uninterrupted_records(
+        dataset: Path, uninterrupted: Path, tmp_path: Path, point: str, async_save: bool, resumed_from: int):
+    run_dir = tmp_path / "killed"
+    cfg = killable(dataset, run_dir, async_save)
+    run_sigkilled_at(cfg, point, tmp_path)
+    assert not (run_dir / "summary.json").exists()
+    assert list_checkpoints(run_dir / "checkpoints")[0].step == resumed_from
+    partial = run_dir / "checkpoints" / "step_00000006.partial"  # the kill's leftover, where it hit a save
+    assert partial.is_dir() == (point not in ("before_step:5", "saved:8"))
+    if point.startswith("save_unrenamed"):  # complete in content, but never renamed: must not be loaded
+        assert (partial / COMPLETE).is_file()
+    pretrain(cfg)
+    assert f"resumed from {run_dir / 'checkpoints'}/step_{resumed_from:08d}" in (
+        run_dir / "logs" / "pretrain.log").read_text()
+    assert metrics(run_dir) == metrics(uninterrupted)
+    assert manifest_lines(run_dir) == manifest_lines(uninterrupted)
+    assert summary(run_dir) == summary(uninterrupted)
+    assert [c.step for c in list_checkpoints(run_dir / "checkpoints")] == [8, 6]
+    assert not list((run_dir / "checkpoints").glob("*.partial"))

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from pretrain.checkpoint import list_checkpoints
+from pretrain.checkpoint import KILL_AT, list_checkpoints
 from pretrain.stage import run as pretrain
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
@@ -65,8 +65,9 @@ def test_two_runs_are_bit_identical_and_loss_falls(dataset: Path, tmp_path: Path
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_kill_and_resume_equals_uninterrupted(dataset: Path, tmp_path: Path, async_save: bool):
-    """With async_save the killed run writes its checkpoints in the background (the kill may land while
-    one is being written); the uninterrupted reference writes them synchronously."""
+    """Killed (a real SIGKILL, see pretrain.checkpoint.kill_point) before step 13. With async_save the killed
+    run writes its checkpoints in the background and step 10's is still being written then, so the run resumes
+    from step 5; the uninterrupted reference writes them synchronously."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     steps = 40
     pretrain(tiny_pretrain(dataset, whole, steps=steps, checkpoint_interval=5))
@@ -75,16 +76,11 @@ def test_kill_and_resume_equals_uninterrupted(dataset: Path, tmp_path: Path, asy
     cfg_path = tmp_path / "killed.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
     command = [sys.executable, "-m", "atom", "pretrain", str(cfg_path)]
-    # SIGKILL a real process as soon as its second checkpoint exists: mid-run, between checkpoints.
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while len(list_checkpoints(killed / "checkpoints")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, KILL_AT: "before_step:13"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (killed / "summary.json").exists()
-    killed_at = list_checkpoints(killed / "checkpoints")[0].step
-    assert killed_at < steps
+    assert list_checkpoints(killed / "checkpoints")[0].step == (5 if async_save else 10)
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     wa, wb = final_weights(whole), final_weights(killed)
