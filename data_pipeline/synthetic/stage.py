@@ -23,7 +23,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,7 +60,8 @@ CURATED_SCHEMA = pa.schema([(name, pa.string()) for name in
 class ProblemsConfig(ConfigModel):
     count: int = Field(2000, ge=0)
     generators: list[str] = Field(default_factory=lambda: list(GENERATORS))
-    difficulties: list[int] = Field(default_factory=lambda: list(LEVELS))
+    difficulties: list[Annotated[int, Field(ge=min(LEVELS), le=max(LEVELS))]] = Field(
+        default_factory=lambda: list(LEVELS))
     source: str = "synthetic-math"  # the curated `source` of every trace
     license: str = "Apache-2.0"  # see the module docstring
     language: str = "en"
@@ -88,7 +89,7 @@ class BackendConfig(ConfigModel):
 
     kind: Literal["template", "local", "endpoint"] = "template"
     model_dir: str | None = None  # local: a saved Hugging Face model directory
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:[0-9]+)?)$")  # a torch device
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     base_url: str | None = None  # endpoint: e.g. http://node:8000/v1
     model: str | None = None  # endpoint: the served model name
@@ -119,6 +120,13 @@ class RejectionConfig(ConfigModel):
     keep_per_problem: int = Field(1, ge=1)
     require_think: bool = True  # a trace without `</think>` is malformed
 
+    @model_validator(mode="after")
+    def _check(self) -> RejectionConfig:
+        if self.keep_per_problem > self.samples_per_problem:
+            raise ValueError(f"rejection.keep_per_problem={self.keep_per_problem} exceeds rejection."
+                             f"samples_per_problem={self.samples_per_problem}: cannot keep more traces than sampled")
+        return self
+
 
 class RephraseConfig(ConfigModel):
     input: str  # a curated run directory
@@ -129,6 +137,13 @@ class RephraseConfig(ConfigModel):
     min_length_ratio: float = Field(0.2, ge=0)
     max_length_ratio: float = Field(5.0, gt=0)
     source: str = "synthetic-rephrase"
+
+    @model_validator(mode="after")
+    def _check(self) -> RephraseConfig:
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError(f"rephrase.min_length_ratio={self.min_length_ratio} must be below rephrase."
+                             f"max_length_ratio={self.max_length_ratio}: no rephrasing could be kept")
+        return self
 
 
 class SynthConfig(ConfigModel):
