@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from atom.cli import STAGES, load_stage, main
-from data_pipeline.curate.languages import LID176_LANGUAGES
+from data_pipeline.languages import LID176_LANGUAGES
 from slurm.profile import ClusterProfile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +152,7 @@ BAD = [
     ("synth", SYNTH, "problems.difficulties=[0]", "problems.difficulties"),
     ("synth", SYNTH, "problems.generators=[calculus]", "problems.generators"),
     ("synth", SYNTH, "backend.kind=openai", "backend.kind"),
+    ("synth", SYNTH, "problems.language=english", "problems.language"),
     ("synth", SYNTH_MODEL, "sampling.top_p=1.5", "sampling.top_p"),
     ("synth", SYNTH_MODEL, "sampling.temperature=-0.1", "sampling.temperature"),
     ("synth", SYNTH_MODEL, "backend.device=gpu", "backend.device"),
@@ -163,6 +164,8 @@ BAD = [
     ("pretrain", PRETRAIN, "data.seq_len=100000", "model.max_seq_len"),
     ("pretrain", PRETRAIN, "model.moe.top_k=9", "moe.n_experts"),
     ("pretrain", PRETRAIN, "model.n_heads=5", "n_heads"),
+    ("pretrain", PRETRAIN, "model.rope.factor=4", "rope.scaling"),
+    ("pretrain", PRETRAIN, "model.rope.scaling=yarn", "rope.original_max_position"),
     ("pretrain", PRETRAIN, "optimizer.lr=-1", "optimizer.lr"),
     ("pretrain", PRETRAIN, "optimizer.betas=[0.9, 1.5]", "optimizer.betas"),
     ("pretrain", PRETRAIN, "schedule.min_lr_ratio=2", "schedule.min_lr_ratio"),

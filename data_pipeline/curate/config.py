@@ -12,19 +12,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig, SlurmTime
-from data_pipeline.curate.languages import LID176_LANGUAGES
+from data_pipeline.languages import check_language_codes
 
 # Signature size cap: every shingle of every document is hashed this often (FineWeb uses 14 x 8 = 112).
 MAX_MINHASH_HASHES = 4096
-
-
-def check_language_codes(codes: list[str]) -> list[str]:
-    """`codes` unchanged, or a ValueError naming those the language model can never predict."""
-    unknown = [c for c in codes if c not in LID176_LANGUAGES]
-    if unknown:
-        raise ValueError(f"unknown language code(s) {', '.join(map(repr, unknown))}: the language model (fastText "
-                         f"lid.176) labels documents with one of {len(LID176_LANGUAGES)} codes, e.g. en, de, fr, zh")
-    return codes
 
 
 class SourceConfig(ConfigModel):

