@@ -57,6 +57,9 @@ class ClusterProfile(ConfigModel):
         if self.max_gpus_per_node is not None and self.gpus_per_node > self.max_gpus_per_node:
             raise ValueError(f"gpus_per_node={self.gpus_per_node} but a node of this cluster has "
                              f"max_gpus_per_node={self.max_gpus_per_node}")
+        if self.gpus_per_node and self.procs_per_node is not None and self.procs_per_node > self.gpus_per_node:
+            raise ValueError(f"procs_per_node={self.procs_per_node} exceeds gpus_per_node={self.gpus_per_node}: "
+                             "each training rank takes one GPU of its node")
         if self.requeue.warn_seconds >= slurm_time_seconds(self.time):
             raise ValueError(f"requeue.warn_seconds={self.requeue.warn_seconds} is not shorter than time={self.time}: "
                              "the warning signal would come before the job starts")

@@ -217,16 +217,17 @@ def test_longdocs_and_soup_bounds(tmp_path, capsys) -> None:
     _assert_refused(*_run_cli(["soup", str(soup), "--set", "weights=[1.5, -0.5]"], capsys), "weights", run_dir)
 
 
-PROFILE_BAD = [("nodes=0", "nodes"), ("gpus_per_node=-1", "gpus_per_node"), ("time=forever", "time"),
-               ("requeue.warn_seconds=3600", "requeue.warn_seconds"), ("rdzv_port=80", "rdzv_port"),
-               ("requeue.max_requeues=-1", "requeue.max_requeues")]
+PROFILE_BAD = [("local", "nodes=0", "nodes"), ("local", "gpus_per_node=-1", "gpus_per_node"),
+               ("local", "time=forever", "time"), ("local", "requeue.warn_seconds=3600", "requeue.warn_seconds"),
+               ("local", "rdzv_port=80", "rdzv_port"), ("local", "requeue.max_requeues=-1", "requeue.max_requeues"),
+               ("local", "procs_per_node=0", "procs_per_node"), ("example_gpu", "procs_per_node=16", "gpus_per_node")]
 
 
-@pytest.mark.parametrize(("override", "key"), PROFILE_BAD, ids=[c[0] for c in PROFILE_BAD])
-def test_submit_refuses_bad_profile_and_config_values(override, key, tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize(("profile", "override", "key"), PROFILE_BAD, ids=[c[1] for c in PROFILE_BAD])
+def test_submit_refuses_bad_profile_and_config_values(profile, override, key, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
     run_dir = tmp_path / "run"
-    argv = ["submit", PRETRAIN, "--stage", "pretrain", "--profile", "local", "--set", f"run.dir={run_dir}"]
+    argv = ["submit", PRETRAIN, "--stage", "pretrain", "--profile", profile, "--set", f"run.dir={run_dir}"]
     _assert_refused(*_run_cli([*argv, "--profile-set", override], capsys), key, run_dir)
     _assert_refused(*_run_cli([*argv, "--set", "trainer.max_steps=-1"], capsys), "trainer.max_steps", run_dir)
 
