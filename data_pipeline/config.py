@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 EXTENDS_KEY = "extends"
 OVERRIDE_ORIGIN = "--set"
@@ -329,7 +330,7 @@ def format_validation_error(exc: ValidationError, origins: Mapping[str, str], de
         elif isinstance(err.get("input"), Mapping | list):  # a check across keys: its message names them
             what = err["msg"].removeprefix("Value error, ")
         else:
-            what = f"{err['msg']} (got {err.get('input')!r})"
+            what = f"{err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})"
         lines.append(f"{where}: {what}" if dotted == "<root>" else f"{where}: key '{dotted}': {what}")
     return "; ".join(lines)
 
@@ -351,9 +352,43 @@ def load_config(model: type[C], path: str | Path, overrides: Iterable[str] = ())
     return validate(model, data, origins, str(path.resolve()))
 
 
+# Seeds feed numpy's SeedSequence (non-negative only) and torch.manual_seed (at most 64 bits).
+MAX_SEED = 2**63 - 1
+
+
+def slurm_time_seconds(text: str) -> float:
+    """Seconds in a SLURM time limit: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S or UNLIMITED; ValueError otherwise."""
+    if text in ("UNLIMITED", "INFINITE"):
+        return math.inf
+    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    fields = clock.split(":")
+    if not (days.isdigit() and 1 <= len(fields) <= 3 and all(f.isdigit() for f in fields)):
+        raise ValueError(f"{text!r} is not a SLURM time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    numbers = [int(f) for f in fields]
+    if "-" in text:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (numbers + [0, 0])[:3]
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    else:  # M or M:S
+        hours, (minutes, seconds) = 0, (numbers + [0])[:2]
+    total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"time limit {text!r} must be positive")
+    return total
+
+
+def _check_slurm_time(text: str) -> str:
+    slurm_time_seconds(text)
+    return text
+
+
+# A SLURM `--time` value, checked when the config is loaded rather than when sbatch refuses it.
+SlurmTime = Annotated[str, AfterValidator(_check_slurm_time)]
+
+
 class RunConfig(ConfigModel):
     """Where a stage writes and with which seed; every stage config has one under `run:`."""
 
     dir: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     overwrite: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +30,7 @@ class LongDocsConfig(ConfigModel):
     run: RunConfig
     input: str  # a curated run
     min_chars: int = Field(gt=0)  # default threshold for every source
-    per_source: dict[str, int] = Field(default_factory=dict)  # source -> its own threshold
+    per_source: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)  # source -> its own threshold
     sources: list[str] | None = None  # only these sources (None: all)
 
 

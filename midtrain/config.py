@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig, deep_merge, validate
+from data_pipeline.config import MAX_SEED, ConfigError, ConfigModel, RunConfig, deep_merge, validate
 from data_pipeline.rundir import changed_keys
+from data_pipeline.synthetic.problems import GENERATORS, LEVELS, unknown_generators
 from pretrain.checkpoint import TRAINER_STATE, Checkpoint, CheckpointConfig, Checkpointer, verify
-from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig
+from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig, check_training
 from pretrain.metrics import MetricsConfig
 from pretrain.model.config import MoEModelConfig
 from pretrain.optim import OptimizerConfig, ScheduleConfig
@@ -31,12 +32,22 @@ class EvalConfig(ConfigModel):
     """Evaluations run before and after mid-training (see midtrain/evals.py)."""
 
     reasoning_problems: int = Field(40, ge=0)
-    reasoning_generators: list[str] = Field(default_factory=lambda: ["arithmetic"])
-    reasoning_difficulties: list[int] = Field(default_factory=lambda: [1])
-    reasoning_seed: int = 987_654_321  # held out: the training problems use other seeds
+    reasoning_generators: list[str] = Field(default_factory=lambda: ["arithmetic"], min_length=1)
+    reasoning_difficulties: list[Annotated[int, Field(ge=min(LEVELS), le=max(LEVELS))]] = Field(
+        default_factory=lambda: [1], min_length=1)
+    reasoning_seed: int = Field(987_654_321, ge=0, le=MAX_SEED)  # held out: the training problems use other seeds
     max_new_tokens: int = Field(64, gt=0)
     passkey_trials: int = Field(10, ge=0)
-    passkey_lengths: list[int] | None = None  # default: the parent's and the new context length
+    # default: the parent's and the new context length
+    passkey_lengths: list[Annotated[int, Field(gt=0)]] | None = Field(None, min_length=1)
+
+    @field_validator("reasoning_generators")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = unknown_generators(names)
+        if unknown:
+            raise ValueError(f"unknown generator(s) {', '.join(map(repr, unknown))} (known: {', '.join(GENERATORS)})")
+        return names
 
 
 class MidtrainConfig(ConfigModel):
@@ -52,6 +63,11 @@ class MidtrainConfig(ConfigModel):
     metrics: MetricsConfig = MetricsConfig()
     parallel: ParallelConfig = ParallelConfig()
     evals: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MidtrainConfig:
+        check_training(self)  # what needs the parent's model is checked once it is read (to_pretrain_config)
+        return self
 
 
 @dataclass(frozen=True)

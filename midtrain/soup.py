@@ -9,6 +9,7 @@ naming every input checkpoint with its hash and weight.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -25,7 +26,7 @@ from pretrain.engine import DCP_DIR, _AppState
 class SoupConfig(ConfigModel):
     run: RunConfig
     inputs: list[str] = Field(min_length=2)  # run directories (newest complete checkpoint) or checkpoints
-    weights: list[float] | None = None  # default: uniform
+    weights: list[Annotated[float, Field(gt=0, le=1)]] | None = None  # default: uniform
 
     @model_validator(mode="after")
     def _check(self) -> SoupConfig:

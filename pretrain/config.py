@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -67,13 +67,28 @@ class PretrainConfig(ConfigModel):
     def _check(self) -> PretrainConfig:
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
-        if self.checkpoint.async_save and self.parallel.backend == "deepspeed":
-            raise ValueError("checkpoint.async_save works with parallel.backend none or fsdp2; DeepSpeed writes "
-                             "its checkpoints itself, synchronously")
-        if self.data.global_batch % self.trainer.micro_batch:
-            raise ValueError(f"data.global_batch={self.data.global_batch} is not a multiple of "
-                             f"trainer.micro_batch={self.trainer.micro_batch}")
+        check_training(self)
+        if self.parallel.fp8_all_gather and (self.model.fp8 is None or self.model.fp8.recipe != "tensorwise"):
+            raise ValueError("parallel.fp8_all_gather needs model.fp8.recipe=tensorwise")
         return self
+
+
+def check_training(cfg: PretrainConfig | Any) -> None:
+    """Checks across data, trainer, schedule, checkpoint and parallel that need no model (pretrain and midtrain)."""
+    if cfg.checkpoint.async_save and cfg.parallel.backend == "deepspeed":
+        raise ValueError("checkpoint.async_save works with parallel.backend none or fsdp2; DeepSpeed writes "
+                         "its checkpoints itself, synchronously")
+    if cfg.data.global_batch % cfg.trainer.micro_batch:
+        raise ValueError(f"data.global_batch={cfg.data.global_batch} is not a multiple of "
+                         f"trainer.micro_batch={cfg.trainer.micro_batch}")
+    if cfg.schedule.warmup_steps > cfg.trainer.max_steps:
+        raise ValueError(f"schedule.warmup_steps={cfg.schedule.warmup_steps} exceeds trainer.max_steps="
+                         f"{cfg.trainer.max_steps}: the learning rate would never reach optimizer.lr")
+    if cfg.parallel.shard_size is not None and cfg.parallel.backend != "fsdp2":
+        raise ValueError(f"parallel.shard_size={cfg.parallel.shard_size} needs parallel.backend=fsdp2 "
+                         f"(got {cfg.parallel.backend})")
+    if cfg.parallel.fp8_all_gather and cfg.parallel.backend != "fsdp2":
+        raise ValueError(f"parallel.fp8_all_gather needs parallel.backend=fsdp2 (got {cfg.parallel.backend})")
 
 
 # Keys that may change when a run resumes; anything else changing (model shape, data order) is refused.

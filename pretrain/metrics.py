@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -25,13 +25,15 @@ class MetricsConfig(ConfigModel):
     console: bool = True
     # For MFU: FLOP/s of one device (e.g. 989e12 for an H100 in bf16), "measure" (a torch.mm timed at
     # start on the training device and dtype), or None (MFU not reported).
-    peak_flops_per_device: float | Literal["measure"] | None = None
+    peak_flops_per_device: Annotated[float, Field(gt=0)] | Literal["measure"] | None = None
 
-    @field_validator("peak_flops_per_device")
+    @field_validator("peak_flops_per_device", mode="before")
     @classmethod
-    def _positive(cls, value: float | str | None) -> float | str | None:
-        if isinstance(value, float | int) and value <= 0:
-            raise ValueError("must be positive")
+    def _one_message(cls, value: object) -> object:
+        """One error for a wrong value, instead of one per member of the union."""
+        wrong_text = isinstance(value, str) and value != "measure"
+        if wrong_text or (isinstance(value, int | float) and not isinstance(value, bool) and value <= 0):
+            raise ValueError("must be a positive FLOP/s figure, 'measure' or null")
         return value
 
 

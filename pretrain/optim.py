@@ -7,7 +7,7 @@ s sets exactly the learning rate an uninterrupted run had at step s.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -15,10 +15,13 @@ from torch import nn
 
 from data_pipeline.config import ConfigModel
 
+# AdamW's moment decay rates: 1 would never forget (and divide by zero in the bias correction).
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
 
 class OptimizerConfig(ConfigModel):
     lr: float = Field(3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     decay_embeddings: bool = False  # OLMo 2 excludes embeddings from weight decay

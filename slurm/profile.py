@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, load_config
+from data_pipeline.config import ConfigError, ConfigModel, SlurmTime, load_config, slurm_time_seconds
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "slurm"
 
@@ -38,7 +38,7 @@ class ClusterProfile(ConfigModel):
     procs_per_node: int | None = Field(None, ge=1)  # training ranks per node; default gpus_per_node or 1
     cpus_per_task: int | None = Field(None, ge=1)  # per node task (torchrun and all its ranks)
     mem: str | None = None  # per node, e.g. "480G"; "0" = all of it
-    time: str = "01:00:00"
+    time: SlurmTime = "01:00:00"
     constraint: str | None = None
     exclusive: bool = False
     job_name_prefix: str = "atom"
@@ -57,6 +57,12 @@ class ClusterProfile(ConfigModel):
         if self.max_gpus_per_node is not None and self.gpus_per_node > self.max_gpus_per_node:
             raise ValueError(f"gpus_per_node={self.gpus_per_node} but a node of this cluster has "
                              f"max_gpus_per_node={self.max_gpus_per_node}")
+        if self.gpus_per_node and self.procs_per_node is not None and self.procs_per_node > self.gpus_per_node:
+            raise ValueError(f"procs_per_node={self.procs_per_node} exceeds gpus_per_node={self.gpus_per_node}: "
+                             "each training rank takes one GPU of its node")
+        if self.requeue.warn_seconds >= slurm_time_seconds(self.time):
+            raise ValueError(f"requeue.warn_seconds={self.requeue.warn_seconds} is not shorter than time={self.time}: "
+                             "the warning signal would come before the job starts")
         for line in self.sbatch_extra:
             if not line.startswith("-"):
                 raise ValueError(f"sbatch_extra entry {line!r} must be an sbatch option starting with '-'")

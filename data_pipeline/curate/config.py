@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.config import ConfigError, ConfigModel, RunConfig, SlurmTime
+from data_pipeline.languages import check_language_codes
+
+# Signature size cap: every shingle of every document is hashed this often (FineWeb uses 14 x 8 = 112).
+MAX_MINHASH_HASHES = 4096
 
 
 class SourceConfig(ConfigModel):
@@ -31,16 +35,16 @@ class SourceConfig(ConfigModel):
 
 class SlurmConfig(ConfigModel):
     partition: str = "debug"
-    time: str = "01:00:00"
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
+    time: SlurmTime = "01:00:00"
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: int = Field(2, ge=1)
     qos: str = ""
     job_name: str = "atom-data"
     sbatch_args: dict[str, str] = Field(default_factory=dict)
     env_command: str | None = None  # default: activate the venv this Python runs from
     wait: bool = True  # block until the whole chain finished, then print the summary
-    poll_seconds: float = 2.0
-    timeout_minutes: float = 120.0
+    poll_seconds: float = Field(2.0, gt=0)
+    timeout_minutes: float = Field(120.0, gt=0)
 
 
 class ExecutorConfig(ConfigModel):
@@ -51,7 +55,7 @@ class ExecutorConfig(ConfigModel):
 
 
 class InputConfig(ConfigModel):
-    max_document_bytes: int = 10_000_000  # larger records are quarantined as oversized_document
+    max_document_bytes: int = Field(10_000_000, ge=1)  # larger records are quarantined as oversized_document
 
 
 class ExtractionConfig(ConfigModel):
@@ -63,14 +67,20 @@ class ExtractionConfig(ConfigModel):
 
 class LanguageConfig(ConfigModel):
     enabled: bool = True
-    languages: list[str] | None = None  # ISO 639-1 codes to keep; None keeps all (labels only)
-    threshold: float = 0.65  # minimum score of the kept language
+    # lid.176 labels to keep (ISO 639-1 where one exists, e.g. en, de; else 639-3/wiki codes); None keeps all
+    languages: list[str] | None = Field(None, min_length=1)
+    threshold: float = Field(0.65, ge=0, le=1)  # minimum score (a probability) of the kept language
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, codes: list[str] | None) -> list[str] | None:
+        return check_language_codes(codes) if codes is not None else None
 
 
 class UrlFilterConfig(ConfigModel):
     enabled: bool = True
     use_integrated_lists: bool = True  # datatrove's block lists (shipped in its wheel)
-    soft_word_threshold: int = 2
+    soft_word_threshold: int = Field(2, ge=1)  # soft-banned words in a URL that block it (0 would block all)
     extra_domains: list[str] = Field(default_factory=list)
     extra_urls: list[str] = Field(default_factory=list)
     banned_words: list[str] = Field(default_factory=list)
@@ -83,6 +93,12 @@ class QualityFilterConfig(ConfigModel):
     params: dict[str, Any] = Field(default_factory=dict)
     per_language: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    @field_validator("per_language")
+    @classmethod
+    def _known(cls, table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        check_language_codes(list(table))
+        return table
+
 
 class ExactDedupConfig(ConfigModel):
     enabled: bool = True
@@ -90,10 +106,18 @@ class ExactDedupConfig(ConfigModel):
 
 class MinhashConfig(ConfigModel):
     enabled: bool = True
-    n_grams: int = 5
-    num_buckets: int = 14
-    hashes_per_bucket: int = 8
-    seed: int = 1
+    n_grams: int = Field(5, ge=1)  # words per shingle
+    num_buckets: int = Field(14, ge=1)  # bands: a document pair sharing one band's hashes is a duplicate
+    hashes_per_bucket: int = Field(8, ge=1)  # rows per band
+    seed: int = Field(1, ge=0, lt=2**32)  # numpy RandomState seed of the hash permutations
+
+    @model_validator(mode="after")
+    def _check(self) -> MinhashConfig:
+        total = self.num_buckets * self.hashes_per_bucket
+        if total > MAX_MINHASH_HASHES:
+            raise ValueError(f"stages.minhash.num_buckets x stages.minhash.hashes_per_bucket = {total} hashes per "
+                             f"document; at most {MAX_MINHASH_HASHES} (every shingle is hashed that many times)")
+        return self
 
 
 class PIIConfig(ConfigModel):
@@ -142,7 +166,7 @@ class StagesConfig(ConfigModel):
 
 class OutputConfig(ConfigModel):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-    row_group_size: int = 10_000
+    row_group_size: int = Field(10_000, ge=1)
 
 
 class CurateConfig(ConfigModel):
@@ -167,5 +191,3 @@ def check_inputs(config: CurateConfig) -> None:
         for entry in config.stages.decontamination.evals:
             if entry != "builtin" and not Path(entry).exists():
                 raise ConfigError(f"key 'stages.decontamination.evals': eval path not found: {entry}")
-    if config.stages.minhash.enabled and config.stages.minhash.num_buckets < 1:
-        raise ConfigError("key 'stages.minhash.num_buckets': must be >= 1")

@@ -58,27 +58,27 @@ class MixConfig(ConfigModel):
     max_repetitions: float = Field(4.0, gt=0)  # most passes over any source's tokens
     sources: dict[str, SourceMix] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _check(self) -> MixConfig:
+        out = targets(self)
+        total = sum(out.values())
+        if abs(total - self.target_tokens) > len(out):
+            raise ValueError(
+                f"sources: targets add up to {total} tokens but target_tokens is {self.target_tokens} "
+                f"({', '.join(f'{k}: {v}' for k, v in out.items())}); ratios must sum to 1"
+            )
+        return self
+
 
 def targets(config: MixConfig) -> dict[str, int]:
-    """Token target per source; they must add up to target_tokens."""
-    out = {name: s.tokens if s.tokens is not None else round(s.ratio * config.target_tokens)
-           for name, s in sorted(config.sources.items())}
-    total = sum(out.values())
-    if abs(total - config.target_tokens) > len(out):
-        raise ConfigError(
-            f"mix: source targets add up to {total} tokens but target_tokens is {config.target_tokens} "
-            f"({', '.join(f'{k}: {v}' for k, v in out.items())}); ratios must sum to 1"
-        )
-    return out
+    """Token target per source; a loaded config's add up to target_tokens (checked by MixConfig)."""
+    return {name: s.tokens if s.tokens is not None else round(s.ratio * config.target_tokens)
+            for name, s in sorted(config.sources.items())}
 
 
 def plan(config: MixConfig) -> list[str]:
     steps = [f"read provenance of {len(config.datasets)} dataset(s): {', '.join(config.datasets)}"]
-    try:
-        goal = targets(config)
-    except ConfigError as exc:
-        return [*steps, f"fail: {exc}"]
-    for name, tokens in goal.items():
+    for name, tokens in targets(config).items():
         cap = config.sources[name].max_repetitions or config.max_repetitions
         steps.append(f"source {name}: {tokens} tokens (at most {cap} passes over its tokens)")
     steps.append(f"write {fmt.SEQUENCE_ARRAY}, {fmt.SEQUENCE_TABLE}, {fmt.MANIFEST}, {fmt.CROISSANT} "

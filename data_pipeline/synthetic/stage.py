@@ -23,13 +23,14 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
 from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from data_pipeline.languages import check_language_codes
 from data_pipeline.manifest import code_version, file_record, recorded_config, recorded_config_sha256
 from data_pipeline.rundir import RunDir, write_atomic, write_json
 from data_pipeline.stage import Stage
@@ -60,10 +61,16 @@ CURATED_SCHEMA = pa.schema([(name, pa.string()) for name in
 class ProblemsConfig(ConfigModel):
     count: int = Field(2000, ge=0)
     generators: list[str] = Field(default_factory=lambda: list(GENERATORS))
-    difficulties: list[int] = Field(default_factory=lambda: list(LEVELS))
+    difficulties: list[Annotated[int, Field(ge=min(LEVELS), le=max(LEVELS))]] = Field(
+        default_factory=lambda: list(LEVELS))
     source: str = "synthetic-math"  # the curated `source` of every trace
     license: str = "Apache-2.0"  # see the module docstring
-    language: str = "en"
+    language: str = "en"  # the curated `language` of every trace: a language model label
+
+    @field_validator("language")
+    @classmethod
+    def _code(cls, code: str) -> str:
+        return check_language_codes([code])[0]
 
     @field_validator("generators")
     @classmethod
@@ -88,7 +95,7 @@ class BackendConfig(ConfigModel):
 
     kind: Literal["template", "local", "endpoint"] = "template"
     model_dir: str | None = None  # local: a saved Hugging Face model directory
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:[0-9]+)?)$")  # a torch device
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     base_url: str | None = None  # endpoint: e.g. http://node:8000/v1
     model: str | None = None  # endpoint: the served model name
@@ -119,6 +126,13 @@ class RejectionConfig(ConfigModel):
     keep_per_problem: int = Field(1, ge=1)
     require_think: bool = True  # a trace without `</think>` is malformed
 
+    @model_validator(mode="after")
+    def _check(self) -> RejectionConfig:
+        if self.keep_per_problem > self.samples_per_problem:
+            raise ValueError(f"rejection.keep_per_problem={self.keep_per_problem} exceeds rejection."
+                             f"samples_per_problem={self.samples_per_problem}: cannot keep more traces than sampled")
+        return self
+
 
 class RephraseConfig(ConfigModel):
     input: str  # a curated run directory
@@ -129,6 +143,13 @@ class RephraseConfig(ConfigModel):
     min_length_ratio: float = Field(0.2, ge=0)
     max_length_ratio: float = Field(5.0, gt=0)
     source: str = "synthetic-rephrase"
+
+    @model_validator(mode="after")
+    def _check(self) -> RephraseConfig:
+        if self.min_length_ratio >= self.max_length_ratio:
+            raise ValueError(f"rephrase.min_length_ratio={self.min_length_ratio} must be below rephrase."
+                             f"max_length_ratio={self.max_length_ratio}: no rephrasing could be kept")
+        return self
 
 
 class SynthConfig(ConfigModel):

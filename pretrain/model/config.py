@@ -33,6 +33,9 @@ class RopeConfig(ConfigModel):
     def _check(self) -> RopeConfig:
         if self.scaling == "yarn" and self.original_max_position is None:
             raise ValueError("rope.original_max_position is required when rope.scaling is 'yarn'")
+        if self.scaling == "none" and self.factor != 1.0:
+            raise ValueError(f"rope.factor={self.factor} has no effect with rope.scaling 'none': set rope.scaling "
+                             "to 'linear' or 'yarn', or leave rope.factor at 1")
         if self.scaling == "yarn" and self.beta_fast <= self.beta_slow:
             raise ValueError(f"rope.beta_fast={self.beta_fast} must exceed rope.beta_slow={self.beta_slow}")
         return self
