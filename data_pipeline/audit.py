@@ -17,7 +17,7 @@ fails a check on the manifest named by the field (`tokenizer.eos_id`, `shards[2]
     n_tokens, n_docs                sums over the shard files
     provenance bytes/sha256, rows   the file, its row count (rows also = documents, ranges = shards)
     sources.*                       tokens, docs and licenses counted from provenance.parquet
-    curation                        the curated run's manifest.json (at config.input) when present
+    curation                        the curated run's manifest.json (named by the run's config.yaml) when present
     config, code_version            not recomputable: recorded as given
 
     mixture manifest field          recomputed from
@@ -46,9 +46,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import yaml
 
 from data_pipeline.config import ConfigError, load_yaml_tree
 from data_pipeline.manifest import sha256_file, verify_file_record
+from data_pipeline.rundir import CONFIG_FILE
 from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
 
@@ -343,21 +345,41 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.add(mname, "source has a license", bool(entry.get("licenses")) and all(
             isinstance(k, str) and k.strip() for k in entry.get("licenses", {})),
             f"source {name!r} lists no license")
-    _audit_curation(manifest, report, mname, summarize=not prefix)
+    _audit_curation(root, manifest, report, mname, summarize=not prefix)
     _audit_croissant(root, manifest, report, prefix)
 
 
-def _audit_curation(manifest: dict[str, Any], report: AuditReport, mname: str, summarize: bool) -> None:
+def _curated_run_of(root: Path) -> Path | None:
+    """The curated run a dataset was tokenized from, as its run directory's config.yaml names it.
+
+    The manifest names its input by content only (the same data built anywhere gives the same manifest),
+    so the path comes from the run's own config, which no digest covers."""
+    saved = root / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    try:
+        config = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    source = config.get("input") if isinstance(config, dict) else None
+    return Path(source) if isinstance(source, str) else None
+
+
+def _audit_curation(root: Path, manifest: dict[str, Any], report: AuditReport, mname: str,
+                    summarize: bool) -> None:
     """`curation` is copied from the curated run's manifest.json: compare it with that file when it is
-    where the recorded config's `input` says (a dataset audited elsewhere notes that it was not compared)."""
+    where the dataset's run config says (a dataset copied elsewhere notes that it was not compared)."""
     from data_pipeline.tokens.curated import MANIFEST as CURATED_MANIFEST
     from data_pipeline.tokens.curated import CuratedRun
 
     stated = manifest.get("curation")
-    source = (manifest.get("config") or {}).get("input")
-    if not isinstance(source, str):
+    located = _curated_run_of(root)
+    if located is None:
+        if summarize:
+            report.summary["curation"] = f"not compared (no {CONFIG_FILE} naming the curated run)"
         return
-    file = Path(source) / CURATED_MANIFEST
+    source = located
+    file = source / CURATED_MANIFEST
     if not file.is_file():
         if summarize:
             report.summary["curation"] = f"not compared ({file} not found)"
