@@ -65,6 +65,11 @@ class MoEConfig(ConfigModel):
             raise ValueError(f"moe.top_k={self.top_k} must be <= moe.n_experts={self.n_experts}")
         if self.score_func == "sigmoid" and self.softmax_order != "before_topk":
             raise ValueError("moe.softmax_order=after_topk applies to softmax scoring only, not moe.score_func=sigmoid")
+        if self.bias_update_rate > 0 and self.score_func == "softmax":
+            # Refused here, not at export: every model atom trains can be released as a transformers model.
+            raise ValueError("moe.bias_update_rate > 0 needs moe.score_func=sigmoid (DeepSeek-V3's and torchtitan's "
+                             "balancing): no transformers architecture carries a selection bias on softmax scores, "
+                             "so the trained model could not be released")
         return self
 
     @property

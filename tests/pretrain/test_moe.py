@@ -126,9 +126,13 @@ def test_sigmoid_router_weights_are_the_chosen_scores() -> None:
         MoEConfig(n_experts=8, top_k=2, expert_hidden=8, score_func="sigmoid", softmax_order="after_topk")
 
 
-@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
-def test_bias_balancing_moves_load_toward_uniform(score_func: str) -> None:
-    moe = _moe(bias_update_rate=0.01, score_func=score_func).train()
+def test_bias_balancing_needs_sigmoid_scores_that_can_be_released() -> None:
+    with pytest.raises(ValueError, match="moe.bias_update_rate > 0 needs moe.score_func=sigmoid"):
+        MoEConfig(n_experts=8, top_k=2, expert_hidden=8, bias_update_rate=0.01)
+
+
+def test_bias_balancing_moves_load_toward_uniform() -> None:
+    moe = _moe(bias_update_rate=0.01, score_func="sigmoid").train()
     torch.manual_seed(1)
     skew = torch.randn(32)
     with torch.no_grad():

@@ -70,7 +70,7 @@ def summary(run_dir: Path) -> dict:
 
 def test_an_eval_mode_forward_does_not_count_toward_the_expert_load():
     torch.manual_seed(0)
-    moe = MoE(16, MoEConfig(n_experts=4, top_k=2, expert_hidden=8, bias_update_rate=0.01))
+    moe = MoE(16, MoEConfig(n_experts=4, top_k=2, expert_hidden=8, bias_update_rate=0.01, score_func="sigmoid"))
     with torch.no_grad():
         for p in moe.parameters():
             p.normal_(std=0.1)  # the experts' weights are allocated, not initialised, by the module
