@@ -97,6 +97,10 @@ class RunDir:
         run = cls(Path(path), stage)
         saved = run.path / CONFIG_FILE
         digest = config_digest(config)
+        missing = [(name, p) for name, p in (inputs or {}).items() if not Path(p).exists()]
+        if missing:  # before the directory exists: a corrected rerun must not find a half-made run
+            name, p = missing[0]
+            raise ConfigError(f"key '{name}': input not found: {p}")
         fingerprint = run_fingerprint(inputs) if inputs is not None else None
         if saved.exists() and not overwrite:
             text = saved.read_text(encoding="utf-8")

@@ -175,6 +175,7 @@ BAD = [
     ("pretrain", PRETRAIN, "parallel.zero_stage=4", "parallel.zero_stage"),
     ("pretrain", PRETRAIN, "metrics.peak_flops_per_device=-5", "metrics.peak_flops_per_device"),
     ("pretrain", PRETRAIN, "checkpoint.keep_last=0", "checkpoint.keep_last"),
+    ("pretrain", PRETRAIN, "data.path=no/such/mixture", "key 'data': input not found: no/such/mixture"),
     ("midtrain", MIDTRAIN, "evals.reasoning_difficulties=[7]", "evals.reasoning_difficulties"),
     ("midtrain", MIDTRAIN, "evals.reasoning_generators=[calculus]", "evals.reasoning_generators"),
     ("midtrain", MIDTRAIN, "evals.passkey_lengths=[0]", "evals.passkey_lengths"),

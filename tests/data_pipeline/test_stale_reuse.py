@@ -62,6 +62,14 @@ def test_code_change_refuses_reuse_of_a_finished_run_only(tmp_path: Path, monkey
         claim(cfg)
 
 
+def test_a_missing_input_is_refused_before_the_run_directory_exists(tmp_path: Path):
+    cfg, source = toy_run(tmp_path)
+    shutil.rmtree(source)
+    with pytest.raises(ConfigError, match=f"key 'source': input not found: {source}"):
+        claim(cfg)
+    assert not Path(cfg.run.dir).exists()
+
+
 def test_a_submitter_claim_records_no_fingerprint(tmp_path: Path):
     cfg, source = toy_run(tmp_path)
     run = RunDir.claim(cfg.run.dir, "toy", cfg)  # what `atom submit` does before the job starts
