@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,20 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config trees (added and removed keys included)."""
     a, b = _flatten(old), _flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (loggers outlive redirections)."""
+
+    atom_console = True
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 class RunDir:
@@ -161,12 +176,18 @@ class RunDir:
         return self.path.joinpath(*parts)
 
     def logger(self, name: str | None = None) -> logging.Logger:
-        """A logger that writes to logs/<stage>.log in this run directory and to the console."""
+        """A logger that writes everything to logs/<stage>.log in this run directory, and warnings and
+        errors to the console (stderr) as well: what needs the user's attention is not left in a file."""
         logger = logging.getLogger(f"atom.{name or self.stage}")
         log_path = (self.path / LOG_DIR / f"{self.stage}.log").resolve()
         if not any(getattr(h, "baseFilename", None) == str(log_path) for h in logger.handlers):
             handler = logging.FileHandler(log_path, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             logger.addHandler(handler)
+        if not any(getattr(h, "atom_console", False) for h in logger.handlers):
+            console = StderrHandler()
+            console.setLevel(logging.WARNING)
+            console.setFormatter(logging.Formatter(f"atom {self.stage}: %(levelname)s: %(message)s"))
+            logger.addHandler(console)
         logger.setLevel(logging.INFO)
         return logger

@@ -23,6 +23,18 @@ def test_claim_saves_resolved_config_and_logs(tmp_path: Path):
     assert "hello" in (run.path / "logs" / "toy.log").read_text()
 
 
+def test_warnings_reach_the_console_info_stays_in_the_log(tmp_path: Path, capsys):
+    cfg = Cfg(run=RunConfig(dir=str(tmp_path / "r")))
+    run = RunDir.claim(cfg.run.dir, "toy", cfg)
+    log = run.logger()
+    assert run.logger() is log and sum(getattr(h, "atom_console", False) for h in log.handlers) == 1
+    log.info("progress")
+    log.warning("no document passed")
+    err = capsys.readouterr().err
+    assert err == "atom toy: WARNING: no document passed\n"
+    assert "progress" in (run.path / "logs" / "toy.log").read_text()
+
+
 def test_same_config_reenters_other_config_is_refused(tmp_path: Path):
     cfg = Cfg(run=RunConfig(dir=str(tmp_path / "r")))
     RunDir.claim(cfg.run.dir, "toy", cfg)
