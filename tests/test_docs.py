@@ -335,8 +335,8 @@ def run_torchrun_shortened(command: str, workdir: Path) -> None:
     dataset = build_token_dataset(workdir / "dataset")
     (workdir / "runs" / "quickstart").mkdir(parents=True)
     (workdir / "runs" / "quickstart" / "mix_pretrain").symlink_to(dataset)
-    shorter = ["--set", "trainer.max_steps=4", "--set", "trainer.eval_every=2", "--set", "checkpoint.interval=2",
-               "--set", "metrics.log_every=2", "--set", "data.val_sequences=4"]
+    shorter = ["--set", "trainer.max_steps=4", "--set", "schedule.warmup_steps=2", "--set", "trainer.eval_every=2",
+               "--set", "checkpoint.interval=2", "--set", "metrics.log_every=2", "--set", "data.val_sequences=4"]
     execute([*shlex.split(command), *shorter], workdir, timeout=600)
     run_dir = workdir / "runs" / "quickstart" / "pretrain-fsdp2"
     summary = json.loads((run_dir / "summary.json").read_text())
