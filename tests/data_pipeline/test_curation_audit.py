@@ -84,3 +84,18 @@ def test_missing_decontamination_report_fails(sample_run, tmp_path):
     report = audit(run)
     assert not report.ok
     assert ("reports/decontamination.json", "present", "missing") in failures(report)
+
+
+def test_quarantine_row_the_counts_do_not_hold_fails(sample_run, tmp_path):
+    run = copy_run(sample_run, tmp_path)
+    assert read_manifest(run)["quarantine"] == {}  # the sample quarantines nothing
+    row = {"source": "planted", "location": "planted:docs.jsonl:3", "reason": "malformed_json", "detail": "",
+           "preview": '{"text": "cut off'}
+    (run / "quarantine").mkdir(exist_ok=True)
+    (run / "quarantine" / "00000.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    found = failures(audit(run))
+    named = {(f, check) for f, check, _ in found}
+    assert {("manifest.json", "quarantine"), ("manifest.json", "stages[0].dropped"),
+            ("manifest.json", "sources.planted.quarantined")} <= named, found
+    assert any(check == "quarantine" and "quarantine.malformed_json: manifest.json states (absent), "
+               "quarantine/*.jsonl gives 1" in detail for _, check, detail in found), found
