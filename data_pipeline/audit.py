@@ -53,6 +53,7 @@ from data_pipeline.manifest import sha256_file, verify_file_record
 from data_pipeline.rundir import CONFIG_FILE
 from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.curated import CURATION_SCHEMA
 
 CHUNK = 1 << 24  # tokens per read when scanning a shard
 
@@ -133,6 +134,11 @@ def audit(path: str | Path, allow_licenses: Iterable[str] | None = None) -> Audi
     elif schema == fmt.MIXTURE_SCHEMA:
         report.kind = "mixture"
         _audit_mixture(root, manifest, report, allow)
+    elif schema == CURATION_SCHEMA:
+        from data_pipeline.curate.audit import audit_curation
+
+        report.kind = "curation run"
+        audit_curation(root, manifest, report, allow)
     else:
         report.add(fmt.MANIFEST, "schema", False, f"unknown schema {schema!r}")
     return report
