@@ -27,7 +27,7 @@ class SourceConfig(ConfigModel):
     glob: str | None = None  # files under a directory path; default per kind (files: **/*)
     license: str = "NOASSERTION"  # SPDX id
     version: str = "unknown"
-    url_prefix: str = ""  # files: url = url_prefix + path relative to `path`
+    url_prefix: str = ""  # files: url = url_prefix + percent-encoded path relative to `path`; "": file:// URI
     text_key: str = "text"  # jsonl / parquet
     url_key: str = "url"  # jsonl / parquet; missing -> <relative path>#<row>
     html: bool | None = None  # text needs HTML extraction; None: files by extension, warc yes, else no

@@ -93,3 +93,35 @@ def test_bad_records_quarantined(tmp_path, capsys):
     assert any(q["location"] == f"j:{jsonl.name}:2" for q in quarantined)
     assert "quarantined: 7" in capsys.readouterr().out
     assert sum(o["documents"] for o in manifest["outputs"]) == 6
+
+
+def curated(run_dir) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [row for f in sorted((run_dir / "curated").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+
+
+def test_file_urls_are_valid_uris_that_name_the_file(tmp_path):
+    """A path with a space and a non-ASCII letter is percent-encoded: the URL parses back to the file."""
+    from urllib.parse import unquote, urlsplit
+    from urllib.request import url2pathname
+
+    deep = tmp_path / "deep dir" / "Übersicht"
+    deep.mkdir(parents=True)
+    page = deep / "page one.txt"
+    page.write_text("Real text of a help page about the function wizard, long enough to be kept.\n")
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "urls.yaml"
+    config_file.write_text(
+        "sources:\n"
+        f"  - {{name: local, kind: files, path: '{tmp_path / 'deep dir'}'}}\n"
+        f"  - {{name: hosted, kind: files, path: '{tmp_path / 'deep dir'}', url_prefix: 'https://h.example/d/'}}\n"
+        + MINIMAL.format(run=run_dir))
+    run(load_config(CurateConfig, config_file))
+    urls = {row["source"]: row["url"] for row in curated(run_dir)}
+    for url in urls.values():
+        assert url.isascii() and " " not in url, url
+    local = urlsplit(urls["local"])
+    assert local.scheme == "file" and local.netloc == "" and url2pathname(local.path) == str(page.resolve())
+    assert urls["hosted"] == "https://h.example/d/%C3%9Cbersicht/page%20one.txt"
+    assert unquote(urls["hosted"].removeprefix("https://h.example/d/")) == "Übersicht/page one.txt"

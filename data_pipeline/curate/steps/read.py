@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -67,6 +68,13 @@ def _preview(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         return raw[:PREVIEW_WINDOW].decode("utf-8", "backslashreplace")
     return raw[:PREVIEW_WINDOW]
+
+
+def file_url(source: dict, path: Path, rel: str) -> str:
+    """A valid URL for a `files` source's file: url_prefix + its percent-encoded relative path, else its file:// URI."""
+    if source.get("url_prefix"):
+        return source["url_prefix"] + urllib.parse.quote(rel)
+    return path.absolute().as_uri()
 
 
 def list_source_files(source: dict) -> list[tuple[Path, str]]:
@@ -126,7 +134,7 @@ class SourceReader(PipelineStep):
             yield text
             return
         html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
-        yield self._document(source, source["url_prefix"] + rel, raw, text, html, loc)
+        yield self._document(source, file_url(source, path, rel), raw, text, html, loc)
 
     def read_jsonl(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         opener = gzip.open if path.suffix == ".gz" else open
