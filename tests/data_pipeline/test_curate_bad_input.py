@@ -125,3 +125,32 @@ def test_file_urls_are_valid_uris_that_name_the_file(tmp_path):
     assert local.scheme == "file" and local.netloc == "" and url2pathname(local.path) == str(page.resolve())
     assert urls["hosted"] == "https://h.example/d/%C3%9Cbersicht/page%20one.txt"
     assert unquote(urls["hosted"].removeprefix("https://h.example/d/")) == "Übersicht/page one.txt"
+
+
+def test_every_path_found_is_read_or_counted_as_skipped(tmp_path):
+    """Dot-files, files in dot-directories, broken symlinks and FIFOs are counted by reason and listed."""
+    import os
+
+    pages = tmp_path / "pages"
+    (pages / ".git").mkdir(parents=True)
+    for page in real_pages(2):
+        shutil.copy(page, pages / page.name)
+    (pages / ".notes.txt").write_text("A hidden note that is not part of the corpus.\n")
+    (pages / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (pages / "gone.html").symlink_to(tmp_path / "deleted.html")
+    (pages / "alias.html").symlink_to(pages / real_pages(1)[0].name)  # a link to a file is read
+    os.mkfifo(pages / "pipe.txt")
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "skip.yaml"
+    config_file.write_text(f"sources:\n  - {{name: h, kind: files, path: {pages}}}\n" + MINIMAL.format(run=run_dir))
+    run(load_config(CurateConfig, config_file))
+
+    source = read_manifest(run_dir)["sources"]["h"]
+    assert source["records_in"] == 3
+    assert source["skipped"] == {"broken_symlink": 1, "dotfile": 2, "not_a_file": 1}
+    listed = [json.loads(line) for f in sorted((run_dir / "quarantine" / "skipped").glob("*.jsonl"))
+              for line in f.read_text(encoding="utf-8").splitlines()]
+    assert sorted((q["location"], q["reason"]) for q in listed) == [
+        ("h:.git/HEAD", "dotfile"), ("h:.notes.txt", "dotfile"), ("h:gone.html", "broken_symlink"),
+        ("h:pipe.txt", "not_a_file")]
+    assert read_manifest(run_dir)["quarantine"] == {}

@@ -77,14 +77,31 @@ def file_url(source: dict, path: Path, rel: str) -> str:
     return path.absolute().as_uri()
 
 
-def list_source_files(source: dict) -> list[tuple[Path, str]]:
-    """(absolute file, path relative to the source root) for one source, sorted."""
+def skip_reason(path: Path, rel: str) -> str | None:
+    """Why a path the source's glob found is not read (None: it is read): every path is read or counted."""
+    if any(part.startswith(".") for part in rel.split("/")):
+        return "dotfile"  # hidden files and whatever lies in hidden directories (.git/, .cache/)
+    if path.is_symlink() and not path.exists():
+        return "broken_symlink"
+    if not path.is_file():
+        return "not_a_file"  # a FIFO, socket or device, or a link to one
+    return None
+
+
+def scan_source(source: dict) -> list[tuple[Path, str, str | None]]:
+    """(absolute path, path relative to the source root, skip reason or None) of every non-directory the
+    source's glob finds, sorted by relative path."""
     root = Path(source["path"]).resolve()
     if root.is_file():
-        return [(root, root.name)]
+        return [(root, root.name, None)]
     pattern = source.get("glob") or DEFAULT_GLOBS[source["kind"]]
-    files = [p for p in root.glob(pattern) if p.is_file() and not p.name.startswith(".")]
-    return sorted(((p, p.relative_to(root).as_posix()) for p in files), key=lambda item: item[1])
+    found = [(p, p.relative_to(root).as_posix()) for p in root.glob(pattern) if not p.is_dir()]
+    return sorted(((p, rel, skip_reason(p, rel)) for p, rel in found), key=lambda item: item[1])
+
+
+def list_source_files(source: dict) -> list[tuple[Path, str]]:
+    """(absolute file, path relative to the source root) of the files of one source that are read, sorted."""
+    return [(path, rel) for path, rel, reason in scan_source(source) if reason is None]
 
 
 class SourceReader(PipelineStep):
@@ -236,8 +253,9 @@ class SourceReader(PipelineStep):
 
     # -- the step ----------------------------------------------------------------------------------
 
-    def shard(self, rank: int, world_size: int) -> list[tuple[dict, Path, str]]:
-        items = [(source, path, rel) for source in self.sources for path, rel in list_source_files(source)]
+    def shard(self, rank: int, world_size: int) -> list[tuple[dict, Path, str, str | None]]:
+        """This task's paths, skipped ones included so that exactly one task counts each."""
+        items = [(source, *found) for source in self.sources for found in scan_source(source)]
         return items[rank::world_size]
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -247,12 +265,21 @@ class SourceReader(PipelineStep):
         mask = pii_masker(self.pii)
         per_source: dict[str, Counter] = {}
         inputs: dict[str, list[dict]] = {}  # source -> file records, from which the manifest names its content
+        skipped: dict[str, Counter] = {}  # source -> reason -> paths not read
         quarantine: list[str] = []
+        skipped_lines: list[str] = []
         quarantine_path = Path(self.quarantine_dir) / f"{rank:05d}.jsonl"
+        skipped_path = Path(self.quarantine_dir) / "skipped" / f"{rank:05d}.jsonl"
         quarantine_path.unlink(missing_ok=True)
+        skipped_path.unlink(missing_ok=True)
         shard = self.shard(rank, world_size)
-        logger.info(f"[read task {rank}] {len(shard)} input files")
-        for i, (source, path, rel) in enumerate(shard):
+        logger.info(f"[read task {rank}] {len(shard)} input paths")
+        for i, (source, path, rel, reason) in enumerate(shard):
+            if reason is not None:
+                skipped.setdefault(source["name"], Counter())[reason] += 1
+                skipped_lines.append(json.dumps({"source": source["name"], "location": f"{source['name']}:{rel}",
+                                                 "reason": reason}, ensure_ascii=False))
+                continue
             tally = per_source.setdefault(source["name"], Counter())
             inputs.setdefault(source["name"], []).append({**file_record(path, path.parent), "path": rel})
             started = time.perf_counter()
@@ -282,9 +309,13 @@ class SourceReader(PipelineStep):
                 logger.info(f"[read task {rank}] {i + 1}/{len(shard)} files, {counts.documents_kept} documents")
         if quarantine:
             write_atomic(quarantine_path, "\n".join(quarantine) + "\n")
+        if skipped_lines:
+            skipped_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(skipped_path, "\n".join(skipped_lines) + "\n")
         counts.save(self.counts_dir, rank,
                     {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())},
-                     "inputs": inputs})
+                     "inputs": inputs,
+                     "skipped": {name: dict(sorted(t.items())) for name, t in sorted(skipped.items())}})
 
 
 class RankFileReader(PipelineStep):
