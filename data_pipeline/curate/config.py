@@ -55,7 +55,7 @@ class ExecutorConfig(ConfigModel):
 
 
 class InputConfig(ConfigModel):
-    max_document_bytes: int = Field(10_000_000, ge=1)  # larger records are quarantined as oversized_document
+    max_document_bytes: int = Field(10_000_000, ge=1)  # text longer in UTF-8: oversized_document
 
 
 class ExtractionConfig(ConfigModel):

@@ -154,3 +154,29 @@ def test_every_path_found_is_read_or_counted_as_skipped(tmp_path):
         ("h:.git/HEAD", "dotfile"), ("h:.notes.txt", "dotfile"), ("h:gone.html", "broken_symlink"),
         ("h:pipe.txt", "not_a_file")]
     assert read_manifest(run_dir)["quarantine"] == {}
+
+
+def test_max_document_bytes_counts_utf8_bytes_of_the_text_in_every_reader(tmp_path):
+    """The text is 2n UTF-8 bytes, n characters and 6n bytes of escaped JSON: every reader judges it by 2n."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = "é" * 40
+    size = len(text.encode("utf-8"))
+    assert len(text) < size < len(json.dumps({"text": text}))
+    (tmp_path / "doc.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"text": [text]}), tmp_path / "doc.parquet")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "doc.txt").write_text(text, encoding="utf-8")
+    sources = "".join(f"  - {{name: {kind}, kind: {kind}, path: {tmp_path / path}}}\n"
+                      for kind, path in (("jsonl", "doc.jsonl"), ("parquet", "doc.parquet"), ("files", "files")))
+    for limit, kept in ((size, 1), (size - 1, 0)):
+        run_dir = tmp_path / f"run{limit}"
+        config_file = tmp_path / f"limit{limit}.yaml"
+        config_file.write_text(f"input: {{max_document_bytes: {limit}}}\nsources:\n{sources}"
+                               + MINIMAL.format(run=run_dir))
+        run(load_config(CurateConfig, config_file))
+        manifest = read_manifest(run_dir)
+        assert {name: s["documents"] for name, s in manifest["sources"].items()} == {
+            "jsonl": kept, "parquet": kept, "files": kept}, limit
+        assert manifest["quarantine"] == ({} if kept else {"oversized_document": 3})

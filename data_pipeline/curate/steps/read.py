@@ -123,8 +123,12 @@ class SourceReader(PipelineStep):
     # -- per kind: yield Document | Quarantined -------------------------------------------------
 
     def _document(self, source: dict, url: str, raw: bytes, text: str, html: bool, loc: str) -> Document | Quarantined:
+        """The record as a document; every reader's size limit is on the UTF-8 bytes of its text."""
         if not text.strip():
             return Quarantined("empty_document", loc, preview=_preview(raw))
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.max_document_bytes:
+            return Quarantined("oversized_document", loc, f"{size} UTF-8 bytes of text > {self.max_document_bytes}")
         meta = {"source": source["name"], "license": source["license"], "url": url,
                 "source_version": source["version"], "html": html}
         return Document(text=text, id=document_id(source["name"], url, raw), metadata=meta)
@@ -139,8 +143,9 @@ class SourceReader(PipelineStep):
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"
         size = path.stat().st_size
-        if size > self.max_document_bytes:
-            yield Quarantined("oversized_document", loc, f"{size} bytes > {self.max_document_bytes}")
+        # No encoding takes more than 4 bytes a character, so such a file's text is over the limit too: not read.
+        if size > 4 * self.max_document_bytes:
+            yield Quarantined("oversized_document", loc, f"{size} bytes > 4 x {self.max_document_bytes}")
             return
         raw = path.read_bytes()
         if b"\0" in raw[:BINARY_SNIFF_BYTES]:
@@ -161,9 +166,6 @@ class SourceReader(PipelineStep):
                 for lineno, line in enumerate(fh, start=1):
                     loc = f"{source['name']}:{rel}:{lineno}"
                     if not line.strip():
-                        continue
-                    if len(line) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(line)} bytes > {self.max_document_bytes}")
                         continue
                     text = self._decode(line, loc)
                     if isinstance(text, Quarantined):
@@ -202,10 +204,6 @@ class SourceReader(PipelineStep):
                 for row in batch.to_pylist():
                     index += 1
                     loc = f"{source['name']}:{rel}#{index}"
-                    text = row.get(source["text_key"])
-                    if isinstance(text, str) and len(text) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(text)} chars")
-                        continue
                     yield from self._row(source, row, f"{source['url_prefix']}{rel}#{index}", loc, b"")
         except Exception as exc:  # pyarrow raises several types for a broken file
             yield Quarantined("unreadable_parquet", f"{source['name']}:{rel}", f"{type(exc).__name__}: {exc}"[:200])
@@ -234,9 +232,6 @@ class SourceReader(PipelineStep):
                              else record.rec_headers.get_header("Content-Type")) or ""
                     if not any(t in ctype.lower() for t in ("text/html", "text/plain", "xhtml")):
                         yield Quarantined("non_text_record", loc, f"Content-Type {ctype!r}")
-                        continue
-                    if len(raw) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(raw)} bytes")
                         continue
                     charset = "utf-8"
                     if "charset=" in ctype.lower():
