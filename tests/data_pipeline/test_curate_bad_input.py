@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import shutil
@@ -180,3 +181,32 @@ def test_max_document_bytes_counts_utf8_bytes_of_the_text_in_every_reader(tmp_pa
         assert {name: s["documents"] for name, s in manifest["sources"].items()} == {
             "jsonl": kept, "parquet": kept, "files": kept}, limit
         assert manifest["quarantine"] == ({} if kept else {"oversized_document": 3})
+
+
+LO_DE_PAGE = REPO_ROOT / ("data_pipeline/sample_corpus/libreoffice-help-de/files/usr/share/libreoffice/help/de/"
+                          "text/shared/guide/data_reports.html")
+
+
+def test_html_files_are_decoded_by_their_declared_or_detected_charset(tmp_path):
+    """A German help page as Latin-1 (declared in <meta>), as cp1252 with no declaration, and as UTF-16 with a
+    BOM: each is read, not quarantined as invalid_utf8, and its umlauts come out right."""
+    page = LO_DE_PAGE.read_text(encoding="utf-8")
+    assert 'charset=utf-8"' in page and "ü" in page
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    latin1 = page.replace("charset=utf-8", "charset=iso-8859-1")
+    (pages / "latin1.html").write_bytes(latin1.encode("latin-1", "xmlcharrefreplace"))
+    (pages / "undeclared.html").write_bytes(page.replace("charset=utf-8", "").encode("cp1252", "xmlcharrefreplace"))
+    (pages / "utf16.html").write_bytes(codecs.BOM_UTF16_LE + page.encode("utf-16-le"))
+    (pages / "plain.txt").write_bytes("Grüße aus Köln, ein Text in Latin-1.".encode("latin-1"))
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "charsets.yaml"
+    config_file.write_text(f"sources:\n  - {{name: de, kind: files, path: {pages}}}\n" + MINIMAL.format(run=run_dir))
+    run(load_config(CurateConfig, config_file))
+
+    assert read_manifest(run_dir)["quarantine"] == {"invalid_utf8": 1}  # plain text is UTF-8 by definition
+    texts = {row["url"].rsplit("/", 1)[1]: row["text"] for row in curated(run_dir)}
+    assert sorted(texts) == ["latin1.html", "undeclared.html", "utf16.html"]
+    reference = texts["latin1.html"]
+    assert "ü" in reference and "Ã" not in reference and "\ufffd" not in reference
+    assert texts["undeclared.html"] == reference and texts["utf16.html"] == reference

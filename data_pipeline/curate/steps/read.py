@@ -15,10 +15,12 @@ masked like the `pii` stage masks documents: quarantine holds no PII that curate
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
 import os
+import re
 import time
 import urllib.parse
 import zlib
@@ -42,6 +44,10 @@ BINARY_SNIFF_BYTES = 8192
 PREVIEW_CHARS = 200
 # Masked before the preview is cut: any email or IP address that starts in the preview ends in the window.
 PREVIEW_WINDOW = PREVIEW_CHARS + 1000
+# A <meta charset="x"> or <meta http-equiv="Content-Type" content="text/html; charset=x"> in a page's head.
+META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+META_SNIFF_BYTES = 4096
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 DEFAULT_GLOBS = {"jsonl": "**/*.jsonl*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "files": "**/*"}
 
 
@@ -68,6 +74,21 @@ def _preview(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         return raw[:PREVIEW_WINDOW].decode("utf-8", "backslashreplace")
     return raw[:PREVIEW_WINDOW]
+
+
+def html_charset(raw: bytes) -> str | None:
+    """The encoding an HTML file declares: its BOM, else a known `<meta>` charset; None when it declares none."""
+    for bom, codec in BOMS:
+        if raw.startswith(bom):
+            return codec
+    match = META_CHARSET.search(raw[:META_SNIFF_BYTES])
+    if match is None:
+        return None
+    label = match.group(1).decode("ascii")
+    try:
+        return codecs.lookup(label).name
+    except LookupError:  # an unknown label declares nothing (as browsers treat it)
+        return None
 
 
 def file_url(source: dict, path: Path, rel: str) -> str:
@@ -140,6 +161,20 @@ class SourceReader(PipelineStep):
             return Quarantined("invalid_utf8" if charset.lower() in ("utf-8", "utf8") else "undecodable_text",
                                loc, str(exc)[:200], _preview(raw))
 
+    @staticmethod
+    def _file_charset(raw: bytes) -> str:
+        """An HTML file's declared encoding; undeclared: UTF-8 if it decodes, else what uchardet detects."""
+        declared = html_charset(raw)
+        if declared is not None:
+            return declared
+        try:
+            raw.decode("utf-8")
+            return "utf-8"
+        except UnicodeDecodeError:
+            from resiliparse.parse.encoding import detect_encoding
+
+            return detect_encoding(raw)
+
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"
         size = path.stat().st_size
@@ -148,14 +183,14 @@ class SourceReader(PipelineStep):
             yield Quarantined("oversized_document", loc, f"{size} bytes > 4 x {self.max_document_bytes}")
             return
         raw = path.read_bytes()
-        if b"\0" in raw[:BINARY_SNIFF_BYTES]:
+        if b"\0" in raw[:BINARY_SNIFF_BYTES] and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             yield Quarantined("binary_file", loc, preview=_preview(raw))
             return
-        text = self._decode(raw, loc)
+        html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
+        text = self._decode(raw, loc, self._file_charset(raw) if html else "utf-8")
         if isinstance(text, Quarantined):
             yield text
             return
-        html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
         yield self._document(source, file_url(source, path, rel), raw, text, html, loc)
 
     def read_jsonl(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
