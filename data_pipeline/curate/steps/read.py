@@ -11,6 +11,8 @@ A record that cannot be a document (malformed JSON, invalid UTF-8, empty, oversi
 truncated WARC record...) goes to `quarantine/<rank>.jsonl` with its reason; the `read` stage counts
 it as dropped under that reason, so nothing disappears silently. Its preview (the record's start) is
 masked like the `pii` stage masks documents: quarantine holds no PII that curated data would not.
+A path the source's glob finds that is not read at all (a dot-file, a broken symlink, a FIFO) is counted
+under its reason in the manifest (`sources.<name>.skipped`) and listed in `quarantine/skipped/<rank>.jsonl`.
 """
 
 from __future__ import annotations
