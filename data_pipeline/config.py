@@ -197,7 +197,7 @@ def _override_target(model: type[BaseModel], data: Mapping[str, Any],
     is what the field holds when the files leave it out (None where there is no one default).
     """
     parts = split_key(dotted)
-    steps: list[tuple[str, Any]] = []
+    steps: list[tuple[str | int, Any]] = []
     candidates: list[Any] = [model]
     node: Any = data
     i = 0
@@ -206,6 +206,16 @@ def _override_target(model: type[BaseModel], data: Mapping[str, Any],
             return steps + [(name, None) for name, _ in parts[i:]], [Any]
         models = [c for c in candidates if _is_model(c)]
         mappings = [c for c in candidates if _is_mapping_type(c)]
+        lists = [c for c in candidates if typing.get_origin(c) in (list, tuple) or c in (list, tuple)]
+        parent = ".".join(str(key) for key, _ in steps)
+        if lists and not models and not mappings:
+            items = node if isinstance(node, list) else _list_default(steps[-1][1]) if node is _ABSENT else []
+            index, step = _list_entry(items, parts, i, dotted, parent)
+            steps.append((index, items[index]))
+            candidates = [branch for tp in lists for branch in _branches(_item_type(tp, index))]
+            node = items[index]
+            i += step
+            continue
         name, quoted = parts[i]
         step = 1
         if mappings and not quoted and not any(name in m.model_fields for m in models) and isinstance(node, dict):
@@ -218,7 +228,6 @@ def _override_target(model: type[BaseModel], data: Mapping[str, Any],
         fields = [m.model_fields[name] for m in models if name in m.model_fields]
         found = [f.annotation for f in fields]
         found += [_mapping_value_type(c) for c in mappings]
-        parent = ".".join(key for key, _ in steps)
         if not found:
             if models:
                 names = sorted({f for m in models for f in m.model_fields})
@@ -227,17 +236,66 @@ def _override_target(model: type[BaseModel], data: Mapping[str, Any],
             raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' is not a section, has no key '{name}'")
         steps.append((name, fields[0].get_default(call_default_factory=True) if len(fields) == 1 else None))
         candidates = [branch for tp in found for branch in _branches(tp)]
-        node = node.get(name) if isinstance(node, dict) else None
+        node = node.get(name, _ABSENT) if isinstance(node, dict) else None
         i += step
     return steps, candidates
 
 
-def _section_default(default: Any) -> dict[str, Any]:
+# What `_override_target` walks when the files leave a key out (its default then stands in).
+_ABSENT = object()
+
+
+def _list_default(default: Any) -> list[Any]:
+    """The raw entries of a list field's default, as the files would have written them."""
+    if not isinstance(default, list | tuple):
+        return []
+    return [item.model_dump(mode="json") if isinstance(item, BaseModel) else copy.deepcopy(item) for item in default]
+
+
+def _item_type(tp: Any, index: int) -> Any:
+    """The type of entry `index` of a `list[X]` / `tuple[A, B]` / `tuple[X, ...]` field."""
+    args = typing.get_args(tp)
+    if not args:
+        return Any
+    if typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        return args[index] if index < len(args) else Any
+    return args[0]
+
+
+def _list_entry(items: Sequence[Any], parts: Sequence[tuple[str, bool]], i: int, dotted: str,
+                parent: str) -> tuple[int, int]:
+    """(index, parts used) of the list entry `parts[i]` names: an index (`sources.0`) or an entry's `name`.
+
+    A name may hold dots (`sources.python3.11-doc.path`); a quoted part (`sources."0"`) is always a name.
+    """
+    name, quoted = parts[i]
+    if name.isdigit() and not quoted:
+        if int(name) < len(items):
+            return int(name), 1
+        raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' has {len(items)} entries"
+                          + (f" (0-{len(items) - 1})" if items else "") + f", no index {name}")
+    names = [item["name"] for item in items if isinstance(item, dict) and isinstance(item.get("name"), str)]
+    for n in range(len(parts) - i, 0, -1):
+        run = parts[i:i + n]
+        if n > 1 and any(was_quoted for _, was_quoted in run):
+            continue
+        joined = ".".join(part for part, _ in run)
+        if joined in names:
+            return names.index(joined), n
+    known = ", ".join(names) if names else "none have a 'name'"
+    raise ConfigError(f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' is a list; '{name}' is neither an index "
+                      f"(0-{len(items) - 1}) nor the name of an entry (names: {known})" if items else
+                      f"{OVERRIDE_ORIGIN} {dotted}: '{parent}' has no entries to set")
+
+
+def _section_default(default: Any) -> Any:
     """The raw tree a section the files leave out starts from, so that `--set` changes only the key it names."""
     if isinstance(default, BaseModel):
         return default.model_dump(mode="json")
     if isinstance(default, Mapping):
         return copy.deepcopy(dict(default))
+    if isinstance(default, list | tuple):
+        return _list_default(default)
     return {}
 
 
@@ -273,16 +331,18 @@ def apply_overrides(
             raise ConfigError(f"{OVERRIDE_ORIGIN} {item!r}: expected dotted.key=value")
         dotted, text = item.split("=", 1)
         steps, candidates = _override_target(model, data, dotted.strip())
-        node = data
-        for key, default in steps[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                child = _section_default(default) if key not in node else {}
+        node: Any = data
+        for n, (key, default) in enumerate(steps[:-1]):
+            kind = list if isinstance(steps[n + 1][0], int) else dict
+            child = node[key] if isinstance(node, list) else node.get(key)
+            if not isinstance(child, kind):
+                child = _section_default(default) if isinstance(node, dict) and key not in node else kind()
+                child = child if isinstance(child, kind) else kind()
                 node[key] = child
             node = child
         key = steps[-1][0]
         node[key] = _override_value(text, candidates)
-        _record_origins(node[key], ".".join(k for k, _ in steps), origins, OVERRIDE_ORIGIN)
+        _record_origins(node[key], ".".join(str(k) for k, _ in steps), origins, OVERRIDE_ORIGIN)
     return data
 
 

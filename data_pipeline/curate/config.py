@@ -27,7 +27,7 @@ class SourceConfig(ConfigModel):
     glob: str | None = None  # files under a directory path; default per kind (files: **/*)
     license: str = "NOASSERTION"  # SPDX id
     version: str = "unknown"
-    url_prefix: str = ""  # files: url = url_prefix + path relative to `path`
+    url_prefix: str = ""  # files: url = url_prefix + percent-encoded path relative to `path`; "": file:// URI
     text_key: str = "text"  # jsonl / parquet
     url_key: str = "url"  # jsonl / parquet; missing -> <relative path>#<row>
     html: bool | None = None  # text needs HTML extraction; None: files by extension, warc yes, else no
@@ -55,7 +55,7 @@ class ExecutorConfig(ConfigModel):
 
 
 class InputConfig(ConfigModel):
-    max_document_bytes: int = Field(10_000_000, ge=1)  # larger records are quarantined as oversized_document
+    max_document_bytes: int = Field(10_000_000, ge=1)  # text longer in UTF-8: oversized_document
 
 
 class ExtractionConfig(ConfigModel):

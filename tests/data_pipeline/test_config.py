@@ -258,3 +258,40 @@ def test_set_through_unions_nullable_sections_and_dotted_mapping_keys(tmp_path: 
 
 def test_a_quoted_number_stays_text():
     assert parse_value("'1'") == "1" and parse_value('"3e-4"') == "3e-4"
+
+
+class Entry(ConfigModel):
+    name: str
+    path: str
+    ratio: float = 1.0
+
+
+class Listed(ConfigModel):
+    sources: list[Entry]
+    betas: tuple[float, float] = (0.9, 0.95)
+    defaults: list[Entry] = [Entry(name="d", path="/d")]
+
+
+LISTED = "sources:\n  - {name: web, path: /w}\n  - {name: python3.11-doc, path: /p}\n  - {name: '7', path: /s}\n"
+
+
+def test_set_reaches_list_entries_by_index_and_by_name(tmp_path: Path):
+    cfg_path = write(tmp_path / "l.yaml", LISTED)
+    cfg = load_config(Listed, cfg_path, ["sources.0.path=/w2", "sources.python3.11-doc.ratio=0.5",
+                                         'sources."7".path=/s2', "sources.web.ratio=2", "betas.1=0.99",
+                                         "defaults.d.path=/d2"])
+    assert [(s.name, s.path, s.ratio) for s in cfg.sources] == [
+        ("web", "/w2", 2.0), ("python3.11-doc", "/p", 0.5), ("7", "/s2", 1.0)]
+    assert cfg.betas == (0.9, 0.99) and cfg.defaults == [Entry(name="d", path="/d2")]
+    with pytest.raises(ConfigError, match=r"sources\.1\.ratio': .*\(got 'x'\)"):  # errors name the entry's key
+        load_config(Listed, cfg_path, ["sources.1.ratio=x"])
+
+
+def test_set_on_a_missing_list_entry_names_the_key_and_what_exists(tmp_path: Path):
+    cfg_path = write(tmp_path / "l.yaml", LISTED)
+    with pytest.raises(ConfigError, match=r"--set sources\.3\.path: 'sources' has 3 entries \(0-2\), no index 3"):
+        load_config(Listed, cfg_path, ["sources.3.path=/x"])
+    with pytest.raises(ConfigError, match=r"--set sources\.wbe\.path: .*'wbe'.*names: web, python3\.11-doc, 7"):
+        load_config(Listed, cfg_path, ["sources.wbe.path=/x"])
+    with pytest.raises(ConfigError, match=r"unknown key 'sources\.0\.pth' \(did you mean 'path'\?\)"):
+        load_config(Listed, cfg_path, ["sources.0.pth=/x"])

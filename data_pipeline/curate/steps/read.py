@@ -11,15 +11,20 @@ A record that cannot be a document (malformed JSON, invalid UTF-8, empty, oversi
 truncated WARC record...) goes to `quarantine/<rank>.jsonl` with its reason; the `read` stage counts
 it as dropped under that reason, so nothing disappears silently. Its preview (the record's start) is
 masked like the `pii` stage masks documents: quarantine holds no PII that curated data would not.
+A path the source's glob finds that is not read at all (a dot-file, a broken symlink, a FIFO) is counted
+under its reason in the manifest (`sources.<name>.skipped`) and listed in `quarantine/skipped/<rank>.jsonl`.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
 import os
+import re
 import time
+import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +46,10 @@ BINARY_SNIFF_BYTES = 8192
 PREVIEW_CHARS = 200
 # Masked before the preview is cut: any email or IP address that starts in the preview ends in the window.
 PREVIEW_WINDOW = PREVIEW_CHARS + 1000
+# A <meta charset="x"> or <meta http-equiv="Content-Type" content="text/html; charset=x"> in a page's head.
+META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+META_SNIFF_BYTES = 4096
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 DEFAULT_GLOBS = {"jsonl": "**/*.jsonl*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "files": "**/*"}
 
 
@@ -69,14 +78,53 @@ def _preview(raw: bytes | str) -> str:
     return raw[:PREVIEW_WINDOW]
 
 
-def list_source_files(source: dict) -> list[tuple[Path, str]]:
-    """(absolute file, path relative to the source root) for one source, sorted."""
+def html_charset(raw: bytes) -> str | None:
+    """The encoding an HTML file declares: its BOM, else a known `<meta>` charset; None when it declares none."""
+    for bom, codec in BOMS:
+        if raw.startswith(bom):
+            return codec
+    match = META_CHARSET.search(raw[:META_SNIFF_BYTES])
+    if match is None:
+        return None
+    label = match.group(1).decode("ascii")
+    try:
+        return codecs.lookup(label).name
+    except LookupError:  # an unknown label declares nothing (as browsers treat it)
+        return None
+
+
+def file_url(source: dict, path: Path, rel: str) -> str:
+    """A valid URL for a `files` source's file: url_prefix + its percent-encoded relative path, else its file:// URI."""
+    if source.get("url_prefix"):
+        return source["url_prefix"] + urllib.parse.quote(rel)
+    return path.absolute().as_uri()
+
+
+def skip_reason(path: Path, rel: str) -> str | None:
+    """Why a path the source's glob found is not read (None: it is read): every path is read or counted."""
+    if any(part.startswith(".") for part in rel.split("/")):
+        return "dotfile"  # hidden files and whatever lies in hidden directories (.git/, .cache/)
+    if path.is_symlink() and not path.exists():
+        return "broken_symlink"
+    if not path.is_file():
+        return "not_a_file"  # a FIFO, socket or device, or a link to one
+    return None
+
+
+def scan_source(source: dict) -> list[tuple[Path, str, str | None]]:
+    """(absolute path, path relative to the source root, skip reason or None) of every non-directory the
+    source's glob finds, sorted by relative path."""
     root = Path(source["path"]).resolve()
     if root.is_file():
-        return [(root, root.name)]
+        return [(root, root.name, None)]
     pattern = source.get("glob") or DEFAULT_GLOBS[source["kind"]]
-    files = [p for p in root.glob(pattern) if p.is_file() and not p.name.startswith(".")]
-    return sorted(((p, p.relative_to(root).as_posix()) for p in files), key=lambda item: item[1])
+    found = [(p, p.relative_to(root).as_posix()) for p in root.glob(pattern) if not p.is_dir()]
+    return sorted(((p, rel, skip_reason(p, rel)) for p, rel in found), key=lambda item: item[1])
+
+
+def list_source_files(source: dict) -> list[tuple[Path, str]]:
+    """(absolute file, path relative to the source root) of the files of one source that are read, sorted."""
+    return [(path, rel) for path, rel, reason in scan_source(source) if reason is None]
 
 
 class SourceReader(PipelineStep):
@@ -98,8 +146,12 @@ class SourceReader(PipelineStep):
     # -- per kind: yield Document | Quarantined -------------------------------------------------
 
     def _document(self, source: dict, url: str, raw: bytes, text: str, html: bool, loc: str) -> Document | Quarantined:
+        """The record as a document; every reader's size limit is on the UTF-8 bytes of its text."""
         if not text.strip():
             return Quarantined("empty_document", loc, preview=_preview(raw))
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.max_document_bytes:
+            return Quarantined("oversized_document", loc, f"{size} UTF-8 bytes of text > {self.max_document_bytes}")
         meta = {"source": source["name"], "license": source["license"], "url": url,
                 "source_version": source["version"], "html": html}
         return Document(text=text, id=document_id(source["name"], url, raw), metadata=meta)
@@ -111,22 +163,37 @@ class SourceReader(PipelineStep):
             return Quarantined("invalid_utf8" if charset.lower() in ("utf-8", "utf8") else "undecodable_text",
                                loc, str(exc)[:200], _preview(raw))
 
+    @staticmethod
+    def _file_charset(raw: bytes) -> str:
+        """An HTML file's declared encoding; undeclared: UTF-8 if it decodes, else what uchardet detects."""
+        declared = html_charset(raw)
+        if declared is not None:
+            return declared
+        try:
+            raw.decode("utf-8")
+            return "utf-8"
+        except UnicodeDecodeError:
+            from resiliparse.parse.encoding import detect_encoding
+
+            return detect_encoding(raw)
+
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"
         size = path.stat().st_size
-        if size > self.max_document_bytes:
-            yield Quarantined("oversized_document", loc, f"{size} bytes > {self.max_document_bytes}")
+        # No encoding takes more than 4 bytes a character, so such a file's text is over the limit too: not read.
+        if size > 4 * self.max_document_bytes:
+            yield Quarantined("oversized_document", loc, f"{size} bytes > 4 x {self.max_document_bytes}")
             return
         raw = path.read_bytes()
-        if b"\0" in raw[:BINARY_SNIFF_BYTES]:
+        if b"\0" in raw[:BINARY_SNIFF_BYTES] and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             yield Quarantined("binary_file", loc, preview=_preview(raw))
             return
-        text = self._decode(raw, loc)
+        html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
+        text = self._decode(raw, loc, self._file_charset(raw) if html else "utf-8")
         if isinstance(text, Quarantined):
             yield text
             return
-        html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
-        yield self._document(source, source["url_prefix"] + rel, raw, text, html, loc)
+        yield self._document(source, file_url(source, path, rel), raw, text, html, loc)
 
     def read_jsonl(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         opener = gzip.open if path.suffix == ".gz" else open
@@ -136,9 +203,6 @@ class SourceReader(PipelineStep):
                 for lineno, line in enumerate(fh, start=1):
                     loc = f"{source['name']}:{rel}:{lineno}"
                     if not line.strip():
-                        continue
-                    if len(line) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(line)} bytes > {self.max_document_bytes}")
                         continue
                     text = self._decode(line, loc)
                     if isinstance(text, Quarantined):
@@ -177,10 +241,6 @@ class SourceReader(PipelineStep):
                 for row in batch.to_pylist():
                     index += 1
                     loc = f"{source['name']}:{rel}#{index}"
-                    text = row.get(source["text_key"])
-                    if isinstance(text, str) and len(text) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(text)} chars")
-                        continue
                     yield from self._row(source, row, f"{source['url_prefix']}{rel}#{index}", loc, b"")
         except Exception as exc:  # pyarrow raises several types for a broken file
             yield Quarantined("unreadable_parquet", f"{source['name']}:{rel}", f"{type(exc).__name__}: {exc}"[:200])
@@ -210,9 +270,6 @@ class SourceReader(PipelineStep):
                     if not any(t in ctype.lower() for t in ("text/html", "text/plain", "xhtml")):
                         yield Quarantined("non_text_record", loc, f"Content-Type {ctype!r}")
                         continue
-                    if len(raw) > self.max_document_bytes:
-                        yield Quarantined("oversized_document", loc, f"{len(raw)} bytes")
-                        continue
                     charset = "utf-8"
                     if "charset=" in ctype.lower():
                         charset = ctype.lower().split("charset=", 1)[1].split(";")[0].strip().strip('"') or "utf-8"
@@ -228,8 +285,9 @@ class SourceReader(PipelineStep):
 
     # -- the step ----------------------------------------------------------------------------------
 
-    def shard(self, rank: int, world_size: int) -> list[tuple[dict, Path, str]]:
-        items = [(source, path, rel) for source in self.sources for path, rel in list_source_files(source)]
+    def shard(self, rank: int, world_size: int) -> list[tuple[dict, Path, str, str | None]]:
+        """This task's paths, skipped ones included so that exactly one task counts each."""
+        items = [(source, *found) for source in self.sources for found in scan_source(source)]
         return items[rank::world_size]
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -239,12 +297,21 @@ class SourceReader(PipelineStep):
         mask = pii_masker(self.pii)
         per_source: dict[str, Counter] = {}
         inputs: dict[str, list[dict]] = {}  # source -> file records, from which the manifest names its content
+        skipped: dict[str, Counter] = {}  # source -> reason -> paths not read
         quarantine: list[str] = []
+        skipped_lines: list[str] = []
         quarantine_path = Path(self.quarantine_dir) / f"{rank:05d}.jsonl"
+        skipped_path = Path(self.quarantine_dir) / "skipped" / f"{rank:05d}.jsonl"
         quarantine_path.unlink(missing_ok=True)
+        skipped_path.unlink(missing_ok=True)
         shard = self.shard(rank, world_size)
-        logger.info(f"[read task {rank}] {len(shard)} input files")
-        for i, (source, path, rel) in enumerate(shard):
+        logger.info(f"[read task {rank}] {len(shard)} input paths")
+        for i, (source, path, rel, reason) in enumerate(shard):
+            if reason is not None:
+                skipped.setdefault(source["name"], Counter())[reason] += 1
+                skipped_lines.append(json.dumps({"source": source["name"], "location": f"{source['name']}:{rel}",
+                                                 "reason": reason}, ensure_ascii=False))
+                continue
             tally = per_source.setdefault(source["name"], Counter())
             inputs.setdefault(source["name"], []).append({**file_record(path, path.parent), "path": rel})
             started = time.perf_counter()
@@ -274,9 +341,13 @@ class SourceReader(PipelineStep):
                 logger.info(f"[read task {rank}] {i + 1}/{len(shard)} files, {counts.documents_kept} documents")
         if quarantine:
             write_atomic(quarantine_path, "\n".join(quarantine) + "\n")
+        if skipped_lines:
+            skipped_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(skipped_path, "\n".join(skipped_lines) + "\n")
         counts.save(self.counts_dir, rank,
                     {"sources": {name: dict(sorted(t.items())) for name, t in sorted(per_source.items())},
-                     "inputs": inputs})
+                     "inputs": inputs,
+                     "skipped": {name: dict(sorted(t.items())) for name, t in sorted(skipped.items())}})
 
 
 class RankFileReader(PipelineStep):

@@ -142,12 +142,15 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
 
     read_in: dict[str, Counter] = {}
     inputs: dict[str, list[dict]] = {}
+    skipped: dict[str, Counter] = {}  # source -> reason -> paths found but not read (quarantine/skipped/)
     for f in sorted((counts_dir / "read").glob("*.json")):
         counted = json.loads(f.read_text(encoding="utf-8"))
         for name, tally in counted.get("sources", {}).items():
             read_in.setdefault(name, Counter()).update(tally)
         for name, records in counted.get("inputs", {}).items():
             inputs.setdefault(name, []).extend(records)
+        for name, reasons in counted.get("skipped", {}).items():
+            skipped.setdefault(name, Counter()).update(reasons)
     config = copy.deepcopy(config)
     for entry in config["sources"]:
         entry["path"] = content_name(inputs.get(entry["name"], []))
@@ -161,6 +164,7 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
                     "bytes": out.get(s["name"], {}).get("bytes", 0),
                     "records_in": read_in.get(s["name"], {}).get("records", 0),
                     "quarantined": read_in.get(s["name"], {}).get("quarantined", 0),
+                    "skipped": dict(sorted(skipped.get(s["name"], {}).items())),
                     "input": content_name(inputs.get(s["name"], []))}
         for s in sources
     }
