@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_audit_parser(subcommands: argparse._SubParsersAction) -> None:
-    summary = "verify a token dataset, mixture or release offline: hashes, counts, provenance, licenses"
+    summary = "verify a curation run, token dataset, mixture or release offline: hashes, counts, provenance, licenses"
     sub = subcommands.add_parser("audit", help=summary, description=summary)
-    sub.add_argument("path", help="dataset or mixture directory (or its manifest.json), or a release directory")
+    sub.add_argument("path", help="curation run, dataset or mixture directory (or its manifest.json), "
+                                  "or a release directory")
     sub.add_argument("--allow-license", dest="allow_licenses", action="append", default=None, metavar="SPDX",
                      help="a license the data may carry (repeatable); default: the list the data was built with")
     sub.add_argument("--config", help="YAML file whose allow_licenses list to use (e.g. the tokenize config)")

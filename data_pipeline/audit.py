@@ -1,4 +1,5 @@
-"""`atom audit PATH`: verify a token dataset or mixture from its manifest, offline, with no trust in it.
+"""`atom audit PATH`: verify a curation run, token dataset or mixture from its manifest, offline, with no trust
+in it (curation runs: data_pipeline/curate/audit.py).
 
 Every file is re-hashed and re-sized, every license checked (within an allow-list when one is given),
 and every number the manifest states is recomputed from the files it describes; a value that differs
@@ -113,10 +114,10 @@ def allow_list_from_config(path: str | Path) -> list[str] | None:
 
 
 def audit(path: str | Path, allow_licenses: Iterable[str] | None = None) -> AuditReport:
-    """Audit the dataset or mixture at `path` (its directory or manifest.json)."""
+    """Audit the curation run, dataset or mixture at `path` (its directory or manifest.json)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: no such dataset or mixture")
+        raise ConfigError(f"{path}: no such curation run, dataset or mixture")
     root = path if path.is_dir() else path.parent
     report = AuditReport(str(path), "unknown")
     manifest = _read_manifest(root, report)

@@ -14,6 +14,7 @@
     excluded                        the excluded/<stage>/*.jsonl files; every directory there is a stage
     sources.<name> documents, bytes curated rows and their text of that source
     sources.<name> quarantined      quarantine rows of that source
+    sources.<name> skipped          reasons of quarantine/skipped/*.jsonl rows of that source
     sources.<name> records_in       curated + excluded + quarantined rows of that source
     sources.<name> license, version the rows (curated and excluded) of that source
     reports                         the layout of atom.curation/1; decontamination.json recomputed from
@@ -40,6 +41,7 @@ from data_pipeline.tokens.curated import CURATED_DIR, MANIFEST, open_curated
 
 EXCLUDED_DIR = "excluded"
 QUARANTINE_DIR = "quarantine"
+SKIPPED_DIR = f"{QUARANTINE_DIR}/skipped"  # paths found under a source and not read, with their reason
 READ_STAGE = "read"  # its drops are the quarantine
 DECONTAM_STAGE = "decontaminate"
 REPORTS = {"decontamination": "reports/decontamination.json", "throughput": "reports/throughput.json"}
@@ -74,7 +76,7 @@ def audit_curation(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.summary.update({"documents": curated["documents"], "outputs": len(manifest["outputs"]),
                                "stages": len(manifest["stages"])})
         check_stage_counts(manifest, curated, quarantine, excluded, report)
-        check_sources(manifest, curated, quarantine, excluded, report, allow)
+        check_sources(manifest, curated, quarantine, excluded, read_jsonl(root, SKIPPED_DIR, report), report, allow)
     check_decontamination_report(root, manifest, excluded.get(DECONTAM_STAGE, {}), report)
     check_throughput_report(root, manifest, report)
     check_contract(root, report)
@@ -223,8 +225,9 @@ def check_stage_counts(manifest: dict[str, Any], curated: dict[str, Any], quaran
 
 
 def check_sources(manifest: dict[str, Any], curated: dict[str, Any], quarantine: Rows, excluded: dict[str, Rows],
-                  report: AuditReport, allow: list[str] | None) -> None:
-    """Each source's counts from the rows of that source; every curated source listed; licenses allowed."""
+                  skipped: Rows, report: AuditReport, allow: list[str] | None) -> None:
+    """Each source's counts from the rows of that source (paths not read: quarantine/skipped/); every
+    curated source listed; licenses allowed."""
     stated = manifest["sources"]
     found = curated["sources"]
     unlisted = sorted(set(found) - set(stated), key=str)
@@ -239,6 +242,9 @@ def check_sources(manifest: dict[str, Any], curated: dict[str, Any], quarantine:
             entry["licenses"].add(meta.get("license"))
             entry["versions"].add(meta.get("source_version"))
     held = Counter(row.get("source") for file_rows in quarantine.values() for row in file_rows)
+    not_read: dict[str, Counter] = {}
+    for row in (r for file_rows in skipped.values() for r in file_rows):
+        not_read.setdefault(row.get("source"), Counter())[row.get("reason")] += 1
     where = f"{CURATED_DIR}/*.parquet, {EXCLUDED_DIR}/ and {QUARANTINE_DIR}/"
     for name, entry in stated.items():
         if not isinstance(entry, dict):
@@ -251,6 +257,8 @@ def check_sources(manifest: dict[str, Any], curated: dict[str, Any], quarantine:
         agree(report, MANIFEST, f"sources.{name}.bytes", entry.get("bytes"), kept["bytes"], f"{CURATED_DIR}/*.parquet")
         agree(report, MANIFEST, f"sources.{name}.quarantined", entry.get("quarantined"), held[name],
               f"{QUARANTINE_DIR}/*.jsonl")
+        agree(report, MANIFEST, f"sources.{name}.skipped", entry.get("skipped", {}),
+              dict(sorted(not_read.get(name, Counter()).items())), f"{SKIPPED_DIR}/*.jsonl")
         agree(report, MANIFEST, f"sources.{name}.records_in", entry.get("records_in"),
               kept["documents"] + gone["n"] + held[name], where)
         for key, values in (("license", kept["licenses"] | gone["licenses"]),
