@@ -133,7 +133,7 @@ def test_mixture_notices_tampered_sequence_and_datasets(copy):
 
 def test_missing_path_is_a_user_error(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "nope")]) == 2
-    assert "no such dataset" in capsys.readouterr().err
+    assert "no such curation run, dataset or mixture" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["audit", str(tmp_path / "empty")]) == 1
     assert "FAIL manifest.json: present" in capsys.readouterr().out
