@@ -36,6 +36,19 @@ def _hf_logits(path: Path, tokens: torch.Tensor) -> torch.Tensor:
         return hf(tokens).logits
 
 
+def resaved_by_transformers(model: torch.nn.Module, tmp_path: Path) -> tuple[Path, dict]:
+    """Export, load and re-save with transformers, dropping atom's own config key: a plain HF checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "ours"), dtype=torch.float32)
+    hf.save_pretrained(tmp_path / "resaved")
+    config_path = tmp_path / "resaved" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop(ATOM_KEY, None)
+    config_path.write_text(json.dumps(config))
+    return config_path, config
+
+
 @pytest.mark.parametrize(("name", "overrides", "architecture"), [
     ("tiny_moe", (), "Qwen3MoeForCausalLM"),
     ("tiny_moe", ("tie_embeddings=true", "moe.softmax_order=after_topk", "rope.scaling=yarn", "rope.factor=4",
@@ -57,16 +70,8 @@ def test_transformers_logits_match(tmp_path: Path, name: str, overrides: tuple[s
 
 def test_import_of_a_plain_transformers_checkpoint(tmp_path: Path) -> None:
     """A checkpoint saved by transformers itself (no atom_config) maps back through the HF fields."""
-    from transformers import AutoModelForCausalLM
-
     model = _model("tiny_moe", "moe.normalize_weights=true")
-    export_hf(model, tmp_path / "ours")
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32)
-    hf.save_pretrained(tmp_path / "resaved")
-    config_path = tmp_path / "resaved" / "config.json"
-    config = json.loads(config_path.read_text())
-    config.pop(ATOM_KEY, None)
-    config_path.write_text(json.dumps(config))
+    config_path, config = resaved_by_transformers(model, tmp_path)
     tokens = torch.randint(0, 1024, (1, 32))
     with torch.no_grad():
         torch.testing.assert_close(import_hf(tmp_path / "resaved").eval()(tokens).logits, model(tokens).logits,
@@ -131,15 +136,8 @@ def test_biased_router_exports_as_dots1_and_round_trips(tmp_path: Path, override
 
 def test_import_of_a_plain_transformers_dots1_checkpoint(tmp_path: Path) -> None:
     """A Dots1 checkpoint saved by transformers itself maps back, bias included, through the HF fields."""
-    from transformers import AutoModelForCausalLM
-
     model = _biased("moe.normalize_weights=true")
-    AutoModelForCausalLM.from_pretrained(export_hf(model, tmp_path / "ours"), dtype=torch.float32).save_pretrained(
-        tmp_path / "resaved")
-    config_path = tmp_path / "resaved" / "config.json"
-    config = json.loads(config_path.read_text())
-    config.pop(ATOM_KEY, None)
-    config_path.write_text(json.dumps(config))
+    config_path, config = resaved_by_transformers(model, tmp_path)
     tokens = torch.randint(0, 1024, (1, 32))
     with torch.no_grad():
         torch.testing.assert_close(import_hf(tmp_path / "resaved").eval()(tokens).logits, model(tokens).logits,
