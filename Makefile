@@ -43,6 +43,8 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/shellcheck slurm/*.sh
 
 cluster-start:
 	bash slurm/local_cluster.sh start

@@ -15,11 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_pipeline.config import ConfigError, load_config
-from data_pipeline.stage import Stage
+from core.config import ConfigError, load_config
+from core.exit_codes import EXIT_USER_ERROR
+from core.stage import Stage
 from slurm import commands as slurm_commands
-
-EXIT_USER_ERROR = 2
 
 # Messages libraries print on every run that concern no user: logger -> pattern of the message. Each is dropped
 # by a filter on exactly the logger that emits it, installed before the library is imported; everything else
@@ -102,7 +101,7 @@ def add_release_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from midtrain.release.build import build_release
+    from release.build import build_release
 
     out = build_release(args.run_dir, args.out, step=args.step, name=args.name)
     print(f"atom release: wrote {out}; verify it with `atom audit {out}`")
@@ -111,19 +110,13 @@ def run_release(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Exit 0 when every check holds, 1 when any fails (each failure printed with its file)."""
-    from data_pipeline.audit import allow_list_from_config, audit
+    from data_pipeline.audit import allow_list_from_config
+    from release.audit import audit
 
     allow = allow_list_from_config(args.config) if args.config else None
     if args.allow_licenses:
         allow = sorted(set(allow or []) | set(args.allow_licenses))
-    if (Path(args.path) / "release.json").is_file():
-        from midtrain.release.audit import audit_release
-
-        report = audit_release(args.path, allow, args.data)
-    elif args.data:
-        raise ConfigError("--data applies to a release directory only")
-    else:
-        report = audit(args.path, allow)
+    report = audit(args.path, allow, args.data)
     print(report.render(verbose=args.verbose))
     return 0 if report.ok else 1
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from data_pipeline.config import ConfigError, ConfigModel, load_config
-from data_pipeline.fingerprint import run_fingerprint
-from data_pipeline.rundir import CONFIG_FILE, RunDir, config_digest
-from data_pipeline.stage import Stage
+from core.config import ConfigError, ConfigModel, StageConfig, load_config
+from core.fingerprint import run_fingerprint
+from core.rundir import CONFIG_FILE, RunDir, config_digest, recorded_config_digest
+from core.stage import Stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
@@ -49,13 +49,16 @@ def _repo_path(path: str) -> Path:
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
-def _resolve(step: StageStep) -> tuple[Stage, ConfigModel]:
+def _resolve(step: StageStep) -> tuple[Stage, StageConfig]:
     from atom.cli import STAGES, load_stage  # the CLI's registry is the single list of stages
 
     if step.stage not in STAGES or step.stage == "quickstart":
         raise ConfigError(f"quickstart: unknown stage '{step.stage}' (known: {', '.join(STAGES)})")
     stage = load_stage(step.stage)
-    return stage, load_config(stage.config_cls, _repo_path(step.config), step.overrides)
+    config = load_config(stage.config_cls, _repo_path(step.config), step.overrides)
+    if not isinstance(config, StageConfig):  # every stage but the quickstart itself has `run:`
+        raise ConfigError(f"quickstart: stage '{step.stage}' has no run directory to write")
+    return stage, config
 
 
 def _describe(step: StageStep | ReleaseStep | AuditStep) -> str:
@@ -81,7 +84,7 @@ def plan(config: QuickstartConfig) -> list[str]:
     return lines
 
 
-def reuse_verdict(stage: Stage, stage_config: ConfigModel) -> tuple[bool, str]:
+def reuse_verdict(stage: Stage, stage_config: StageConfig) -> tuple[bool, str]:
     """Whether a stage's earlier run can be reused as it is, and why not.
 
     It can when its directory holds this very config, its final record (`summary.json` for training,
@@ -92,7 +95,7 @@ def reuse_verdict(stage: Stage, stage_config: ConfigModel) -> tuple[bool, str]:
     saved = run_dir.file(CONFIG_FILE)
     if not saved.is_file():
         return False, "not run yet"
-    if f"# config-sha256: {config_digest(stage_config)}" not in saved.read_text().splitlines()[:2]:
+    if recorded_config_digest(saved.read_text(encoding="utf-8")) != config_digest(stage_config):
         return False, "its config changed"
     if not run_dir.finished():
         return False, "not finished"
@@ -117,14 +120,13 @@ def _run_step(step: StageStep | ReleaseStep | AuditStep) -> None:
             shutil.rmtree(stage_config.run.dir)
         stage.run(stage_config)
     elif isinstance(step, ReleaseStep):
-        from midtrain.release.build import build_release
+        from release.build import build_release
 
         build_release(step.release, step.out)
     else:
-        from data_pipeline.audit import audit
-        from midtrain.release.audit import audit_release
+        from release.audit import audit
 
-        report = audit_release(step.audit) if (Path(step.audit) / "release.json").is_file() else audit(step.audit)
+        report = audit(step.audit)
         print(report.render(verbose=False))
         if not report.ok:
             raise SystemExit(f"quickstart: audit of {step.audit} failed")

@@ -107,7 +107,7 @@ def offline_language_filter(language_filter_cls):
 def atom_pipeline(input_dir: Path, run: Path) -> list:
     from datatrove.pipeline.writers import JsonlWriter
 
-    from data_pipeline.config import RunConfig
+    from core.config import RunConfig
     from data_pipeline.curate.config import CurateConfig, SourceConfig
     from data_pipeline.curate.pipeline import build_phases
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from data_pipeline.tokens.reader import TokenSpan
 from pretrain.config import PretrainConfig
 from pretrain.data import DataLoader, TokenWindows

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from pretrain.metrics import matmul_peak
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.fp8 import convert_to_fp8

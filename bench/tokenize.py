@@ -30,9 +30,9 @@ from pathlib import Path  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from data_pipeline.config import RunConfig  # noqa: E402
-from data_pipeline.manifest import file_record  # noqa: E402
-from data_pipeline.rundir import write_json  # noqa: E402
+from core.config import RunConfig  # noqa: E402
+from core.manifest import file_record  # noqa: E402
+from core.rundir import write_json  # noqa: E402
 
 
 def build_curated(root: Path, max_bytes: int) -> Path:

@@ -33,7 +33,7 @@ fails a check on the manifest named by the field (`tokenizer.eos_id`, `shards[2]
 croissant.json (both) is regenerated from manifest.json and compared byte for byte; its name pins the
 manifest's sha256. A mixture is checked against the datasets it references, which are audited too.
 
-`audit()` returns an `AuditReport` (a list of named checks, each on one file); the CLI prints it and
+`audit_data()` returns an `AuditReport` (a list of named checks, each on one file); the CLI prints it and
 exits 0 when every check holds, 1 otherwise.
 """
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,57 +48,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from data_pipeline.config import ConfigError, load_yaml_tree
-from data_pipeline.manifest import sha256_file, verify_file_record
-from data_pipeline.rundir import CONFIG_FILE
+from core.audit import AuditReport, agree, differences
+from core.config import ConfigError, load_yaml_tree
+from core.manifest import sha256_file, verify_file_record
+from core.rundir import CONFIG_FILE
 from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CURATION_SCHEMA
 
 CHUNK = 1 << 24  # tokens per read when scanning a shard
-
-
-@dataclass
-class Check:
-    file: str
-    check: str
-    ok: bool
-    detail: str = ""
-
-    def line(self) -> str:
-        status = "ok  " if self.ok else "FAIL"
-        return f"{status} {self.file}: {self.check}" + (f": {self.detail}" if self.detail else "")
-
-
-@dataclass
-class AuditReport:
-    path: str
-    kind: str
-    checks: list[Check] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(c.ok for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
-
-    def failing_files(self) -> set[str]:
-        return {c.file for c in self.failures}
-
-    def add(self, file: str, check: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(file, check, bool(ok), "" if ok else detail))
-        return bool(ok)
-
-    def render(self, verbose: bool = False) -> str:
-        lines = [c.line() for c in self.checks if verbose or not c.ok]
-        facts = ", ".join(f"{k} {v}" for k, v in self.summary.items())
-        verdict = "PASS" if self.ok else "FAIL"
-        lines.append(f"audit {self.path}: {self.kind}; {facts}; {len(self.checks)} checks, "
-                     f"{len(self.failures)} failed: {verdict}")
-        return "\n".join(lines)
 
 
 def allow_list_from_config(path: str | Path) -> list[str] | None:
@@ -113,7 +70,7 @@ def allow_list_from_config(path: str | Path) -> list[str] | None:
     return value
 
 
-def audit(path: str | Path, allow_licenses: Iterable[str] | None = None) -> AuditReport:
+def audit_data(path: str | Path, allow_licenses: Iterable[str] | None = None) -> AuditReport:
     """Audit the curation run, dataset or mixture at `path` (its directory or manifest.json)."""
     path = Path(path)
     if not path.exists():
@@ -181,36 +138,6 @@ def _licenses(report: AuditReport, file: str, licenses: np.ndarray, ids: np.ndar
         outside = sorted({v for v in licenses[~empty].tolist() if v not in allow})
         report.add(file, "licenses within allow-list", not outside,
                    f"{', '.join(outside)} not in allow-list {allow}")
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-ABSENT = _Absent()
-
-
-def _differences(stated: Any, actual: Any, path: str) -> list[tuple[str, Any, Any]]:
-    """(field path, stated, recomputed) for every leaf where two JSON values differ (1, 1.0 and true differ)."""
-    if isinstance(stated, dict) and isinstance(actual, dict):
-        return [d for key in sorted(set(stated) | set(actual), key=str)
-                for d in _differences(stated.get(key, ABSENT), actual.get(key, ABSENT), f"{path}.{key}")]
-    if isinstance(stated, list) and isinstance(actual, list) and len(stated) == len(actual):
-        return [d for i, (a, b) in enumerate(zip(stated, actual, strict=True))
-                for d in _differences(a, b, f"{path}[{i}]")]
-    if stated is ABSENT or actual is ABSENT:
-        return [(path, stated, actual)]
-    same = json.dumps(stated, sort_keys=True) == json.dumps(actual, sort_keys=True)
-    return [] if same else [(path, stated, actual)]
-
-
-def agree(report: AuditReport, file: str, field: str, stated: Any, actual: Any, source: str) -> bool:
-    """A check on `file` named by the manifest `field`: what it states equals what `source` recomputes."""
-    diffs = _differences(stated, actual, field)
-    detail = "; ".join(f"{'' if p == field else p + ': '}{file} states {a!r}, {source} gives {b!r}"
-                       for p, a, b in diffs[:4])
-    return report.add(file, field, not diffs, detail + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""))
 
 
 def _tokenizer_facts(root: Path, tok: dict[str, Any], report: AuditReport, prefix: str) -> dict[str, Any] | None:
@@ -466,7 +393,7 @@ def _audit_croissant(root: Path, manifest: dict[str, Any], report: AuditReport, 
         report.add(name, "regenerated from manifest.json byte for byte", True)
         return
     try:
-        diffs = _differences(json.loads(raw), json.loads(expected), "")
+        diffs = differences(json.loads(raw), json.loads(expected), "")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         report.add(name, "readable JSON-LD", False, str(exc))
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.rundir import canonical_json, write_atomic
+from core.rundir import canonical_json, write_atomic
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
 CONTEXT: dict[str, Any] = {
@@ -161,7 +161,7 @@ def croissant_text(root: Path, manifest: dict[str, Any]) -> str:
     """The exact text of `root`'s croissant.json for this manifest (dataset or mixture); the name pins
     the sha256 of `root/manifest.json`, so the file is only right for the manifest bytes it was made from.
     `atom audit` regenerates it and compares byte for byte."""
-    from data_pipeline.manifest import sha256_file
+    from core.manifest import sha256_file
     from data_pipeline.tokens import format as fmt
 
     sha = sha256_file(root / fmt.MANIFEST)

@@ -17,17 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config_sha256
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.config import ConfigError, StageConfig
+from core.manifest import code_version, file_record, recorded_config_sha256
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, open_curated
 
 ROWS_PER_FILE = 50_000
 
 
-class LongDocsConfig(ConfigModel):
-    run: RunConfig
+class LongDocsConfig(StageConfig):
     input: str  # a curated run
     min_chars: int = Field(gt=0)  # default threshold for every source
     per_source: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)  # source -> its own threshold

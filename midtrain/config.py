@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_pipeline.config import MAX_SEED, ConfigError, ConfigModel, RunConfig, deep_merge, validate
-from data_pipeline.rundir import changed_keys
+from core.config import MAX_SEED, ConfigError, ConfigModel, StageConfig, deep_merge, validate
+from core.rundir import changed_keys
 from data_pipeline.synthetic.problems import GENERATORS, LEVELS, unknown_generators
 from pretrain.checkpoint import TRAINER_STATE, Checkpoint, CheckpointConfig, Checkpointer, verify
 from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig, check_training
@@ -50,8 +50,7 @@ class EvalConfig(ConfigModel):
         return names
 
 
-class MidtrainConfig(ConfigModel):
-    run: RunConfig
+class MidtrainConfig(StageConfig):
     parent: str  # a pretraining (or mid-training, or soup) run directory, or one checkpoint directory
     load: Literal["weights", "full"] = "weights"  # full: also the parent's optimizer state
     model: dict[str, Any] = Field(default_factory=dict)  # changes to the parent's model config

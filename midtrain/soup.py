@@ -15,16 +15,15 @@ import torch
 import torch.distributed.checkpoint as dcp
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.config import ConfigError, StageConfig
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from midtrain.config import Parent, find_parent
 from pretrain.checkpoint import CheckpointConfig, Checkpointer, checkpoint_digest
 from pretrain.engine import DCP_DIR, _AppState
 
 
-class SoupConfig(ConfigModel):
-    run: RunConfig
+class SoupConfig(StageConfig):
     inputs: list[str] = Field(min_length=2)  # run directories (newest complete checkpoint) or checkpoints
     weights: list[Annotated[float, Field(gt=0, le=1)]] | None = None  # default: uniform
 

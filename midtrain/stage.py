@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.exit_codes import EXIT_REQUEUE
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from data_pipeline.tokenizer.train import load_tokenizer
 from midtrain.config import MidtrainConfig, find_parent, to_pretrain_config
 from pretrain.checkpoint import checkpoint_digest
 from pretrain.config import RESUMABLE_CHANGES
 from pretrain.parallel import check_layout, env_world, init_distributed
-from pretrain.preemption import EXIT_REQUEUE
 
 EVALS = "evals.json"
 

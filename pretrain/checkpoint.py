@@ -37,9 +37,9 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from data_pipeline.config import ConfigModel
-from data_pipeline.manifest import file_record, verify_file_record
-from data_pipeline.rundir import write_json
+from core.config import ConfigModel
+from core.manifest import file_record, verify_file_record
+from core.rundir import write_json
 
 COMPLETE = "COMPLETE.json"
 TRAINER_STATE = "trainer_state.json"

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigModel, RunConfig
+from core.config import ConfigModel, StageConfig
 from pretrain.checkpoint import CheckpointConfig
 from pretrain.metrics import MetricsConfig
 from pretrain.model.config import MoEModelConfig
@@ -50,8 +50,7 @@ class ParallelConfig(ConfigModel):
     deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config
 
 
-class PretrainConfig(ConfigModel):
-    run: RunConfig
+class PretrainConfig(StageConfig):
     model: MoEModelConfig
     data: DataConfig
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file
+from core.config import ConfigError
+from core.manifest import sha256_file
 from data_pipeline.tokens.format import MANIFEST
 from data_pipeline.tokens.reader import TokenDataset, TokenMixture, open_tokens
 from pretrain.checkpoint import TRAINER_STATE

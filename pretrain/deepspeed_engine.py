@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.config import ConfigError, deep_merge
+from core.config import ConfigError, deep_merge
 from pretrain.checkpoint import Checkpoint, Checkpointer
 from pretrain.config import PretrainConfig
 from pretrain.optim import build_optimizer, set_lr

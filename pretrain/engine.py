@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from pretrain.checkpoint import Checkpoint, Checkpointer, list_checkpoints
 from pretrain.config import PretrainConfig
 from pretrain.deepspeed_engine import DS_DIR

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from data_pipeline.tokens.reader import Occurrences
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from data_pipeline.config import ConfigModel
+from core.config import ConfigModel
 
 
 class MetricsConfig(ConfigModel):

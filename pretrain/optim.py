@@ -13,7 +13,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from data_pipeline.config import ConfigModel
+from core.config import ConfigModel
 
 # AdamW's moment decay rates: 1 would never forget (and divide by zero in the bias correction).
 Beta = Annotated[float, Field(ge=0, lt=1)]

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from pretrain.config import PretrainConfig
 
 

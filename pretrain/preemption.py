@@ -1,7 +1,7 @@
 """Graceful stop on preemption: a signal (SLURM's `--signal`, SIGTERM) or a STOP file in the run dir.
 
 The handler only sets a flag; at the next step boundary all ranks agree (the flag is max-reduced), write
-a checkpoint and exit with `EXIT_REQUEUE`, which the SLURM launcher reads as "requeue me".
+a checkpoint and exit with `core.exit_codes.EXIT_REQUEUE`, which the SLURM launcher reads as "requeue me".
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-EXIT_REQUEUE = 3
 STOP_FILE = "STOP"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 

@@ -10,11 +10,11 @@ import sys
 
 import torch.distributed as dist
 
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.exit_codes import EXIT_REQUEUE
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from pretrain.config import RESUMABLE_CHANGES, PretrainConfig
 from pretrain.parallel import check_layout, env_world, init_distributed
-from pretrain.preemption import EXIT_REQUEUE
 
 
 def plan(cfg: PretrainConfig) -> list[str]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.manifest import code_version
+from core.manifest import code_version
 
 TRAIN_MANIFEST = "train_tokens.jsonl"
 ORDER_DEFINITION = ("windows [w*L, w*L+L+1) of the concatenated spans; held_out = every window reading a token of any "

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data_pipeline.rundir import RunDir
+from core.rundir import RunDir
 from pretrain.checkpoint import Checkpointer, kill_point
 from pretrain.config import PretrainConfig
 from pretrain.data import Batch, DataLoader

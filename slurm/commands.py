@@ -33,7 +33,7 @@ def add_parsers(subcommands: argparse._SubParsersAction, stage_names: list[str])
 
 
 def run_submit(args: argparse.Namespace, load_stage: Callable[[str], Any], argv: list[str]) -> int:
-    from data_pipeline.config import ConfigError
+    from core.config import ConfigError
     from slurm.submit import submit
 
     if args.nodes is not None:
@@ -54,7 +54,7 @@ def run_submit(args: argparse.Namespace, load_stage: Callable[[str], Any], argv:
 
 
 def run_jobs(args: argparse.Namespace) -> int:
-    from data_pipeline.config import ConfigError
+    from core.config import ConfigError
     from slurm import jobs
 
     if args.action == "list":

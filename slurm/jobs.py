@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from slurm.submit import registry_path
 
 FINAL_STATES = {"completed": "COMPLETED", "requeue-limit": "FAILED (requeue limit)",

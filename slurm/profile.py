@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, SlurmTime, load_config, slurm_time_seconds
+from core.config import ConfigError, ConfigModel, SlurmTime, load_config, slurm_time_seconds
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "slurm"
 

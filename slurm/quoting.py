@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_./:=@%,+-]+")
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_./:=@%,+-]*")

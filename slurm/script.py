@@ -35,12 +35,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
+from core.exit_codes import EXIT_REQUEUE, EXIT_USER_ERROR
 from slurm.profile import ClusterProfile
 from slurm.quoting import sbatch_quote, shell_command_line, shell_quote, slurm_filename_pattern
 
-EXIT_REQUEUE = 3  # the trainer's "checkpoint written, requeue me" (pretrain.preemption.EXIT_REQUEUE)
-EXIT_USER_ERROR = 2  # atom's one-line user error: retrying cannot help
 TORCHRUN_STAGES = ("pretrain", "midtrain")
 
 # Runs each rank: its output into logs/<attempt>/rank<R>.log, its exit code into rank<R>.exit, and

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from data_pipeline.config import ConfigError, ConfigModel, load_config
+from core.config import ConfigError, ConfigModel, StageConfig, load_config
 from slurm.profile import ClusterProfile, check_profile, load_profile, require_slurm_commands
 from slurm.quoting import shell_quote
 from slurm.script import TORCHRUN_STAGES, JobSpec, job_name, render
@@ -64,8 +64,8 @@ def _data_stage_dict(config: dict[str, Any], profile: ClusterProfile) -> dict[st
     return config
 
 
-def prepare(config_cls: type[ConfigModel], config_path: str, stage: str, profile: ClusterProfile,
-            overrides: list[str]) -> tuple[ConfigModel, Path, dict[str, Any]]:
+def prepare(config_cls: type[StageConfig], config_path: str, stage: str, profile: ClusterProfile,
+            overrides: list[str]) -> tuple[StageConfig, Path, dict[str, Any]]:
     config = load_config(config_cls, config_path, overrides)
     run_dir = Path(config.run.dir)
     if not run_dir.is_absolute():
@@ -81,7 +81,7 @@ def claim_if_fresh(run_dir: Path, stage: str, config: ConfigModel) -> None:
     """Write the run's config.yaml now, so that the `slurm/` folder does not make the stage refuse the
     directory as "not a run directory". A directory that already holds a run is left to the stage's own
     resume check inside the job; one that holds something else is refused here, at submit time."""
-    from data_pipeline.rundir import CONFIG_FILE, RunDir
+    from core.rundir import CONFIG_FILE, RunDir
 
     if (run_dir / CONFIG_FILE).exists():
         return
@@ -91,7 +91,7 @@ def claim_if_fresh(run_dir: Path, stage: str, config: ConfigModel) -> None:
     RunDir.claim(run_dir, stage, config)
 
 
-def submit(stage: str, config_cls: type[ConfigModel], config_path: str, profile_name: str,
+def submit(stage: str, config_cls: type[StageConfig], config_path: str, profile_name: str,
            overrides: list[str], profile_overrides: list[str], after: list[str], dry_run: bool,
            argv: list[str]) -> Submission:
     profile = load_profile(profile_name, profile_overrides)

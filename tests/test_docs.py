@@ -36,7 +36,7 @@ import pytest
 
 from atom.cli import STAGES, build_parser, load_stage
 from atom.quickstart import DEFAULT_CONFIG, QuickstartConfig, StageStep
-from data_pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from slurm.profile import load_profile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,9 +4,9 @@ Config: `CurateConfig` (configs/data/*.yaml). Outputs in run.dir: curated/*.parq
 excluded/<stage>/, quarantine/, reports/. See pipeline.py for the phases.
 """
 
+from core.stage import Stage
 from data_pipeline.curate.config import CurateConfig
 from data_pipeline.curate.pipeline import plan, run, stage_inputs
-from data_pipeline.stage import Stage
 
 STAGE = Stage(
     name="data",

@@ -34,9 +34,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.audit import AuditReport, agree
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file, verify_file_record
+from core.audit import AuditReport, agree
+from core.config import ConfigError
+from core.manifest import sha256_file, verify_file_record
 from data_pipeline.tokens.curated import CURATED_DIR, MANIFEST, open_curated
 
 EXCLUDED_DIR = "excluded"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig, SlurmTime
+from core.config import ConfigError, ConfigModel, SlurmTime, StageConfig
 from data_pipeline.languages import check_language_codes
 
 # Signature size cap: every shingle of every document is hashed this often (FineWeb uses 14 x 8 = 112).
@@ -169,8 +169,7 @@ class OutputConfig(ConfigModel):
     row_group_size: int = Field(10_000, ge=1)
 
 
-class CurateConfig(ConfigModel):
-    run: RunConfig
+class CurateConfig(StageConfig):
     sources: list[SourceConfig] = Field(min_length=1)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     input: InputConfig = Field(default_factory=InputConfig)

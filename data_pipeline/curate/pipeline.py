@@ -32,6 +32,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
+from core.manifest import content_name, file_record, recorded_config
+from core.rundir import RunDir
 from data_pipeline.curate.config import CurateConfig, check_inputs
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
 from data_pipeline.curate.steps.decontam import Decontaminate, eval_files
@@ -46,8 +48,6 @@ from data_pipeline.curate.steps.transform import (
     pii_settings,
 )
 from data_pipeline.curate.steps.write import CuratedWriter, WriteManifest
-from data_pipeline.manifest import content_name, file_record, recorded_config
-from data_pipeline.rundir import RunDir
 
 STAGE_NAME = "data"
 QUALITY_STAGES = ("gopher_repetition", "gopher_quality", "c4", "fineweb_quality")

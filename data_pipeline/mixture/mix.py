@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config, sha256_file
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.config import ConfigError, ConfigModel, StageConfig
+from core.manifest import code_version, file_record, recorded_config, sha256_file
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.reader import TokenDataset
 
@@ -51,8 +51,7 @@ class SourceMix(ConfigModel):
         return self
 
 
-class MixConfig(ConfigModel):
-    run: RunConfig
+class MixConfig(StageConfig):
     datasets: list[str] = Field(min_length=1)  # token dataset directories (from `atom tokenize`)
     target_tokens: int = Field(ge=1)
     max_repetitions: float = Field(4.0, gt=0)  # most passes over any source's tokens

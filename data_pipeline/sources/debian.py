@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_pipeline.config import ConfigError
-from data_pipeline.rundir import write_json
+from core.config import ConfigError
+from core.rundir import write_json
 
 SOURCE_FILE = "source.json"
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja")
 
@@ -60,7 +60,7 @@ class Backend(Protocol):
 
 def directory_sha256(path: Path) -> str:
     """sha256 over (name, sha256) of the model directory's files: weights, config, tokenizer."""
-    from data_pipeline.manifest import sha256_file
+    from core.manifest import sha256_file
 
     digest = hashlib.sha256()
     for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):

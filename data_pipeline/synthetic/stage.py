@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
+from core.config import ConfigError, ConfigModel, StageConfig
+from core.manifest import code_version, file_record, recorded_config, recorded_config_sha256
+from core.rundir import RunDir, write_atomic, write_json
+from core.stage import Stage
 from data_pipeline.languages import check_language_codes
-from data_pipeline.manifest import code_version, file_record, recorded_config, recorded_config_sha256
-from data_pipeline.rundir import RunDir, write_atomic, write_json
-from data_pipeline.stage import Stage
 from data_pipeline.synthetic import rephrase as wrap
 from data_pipeline.synthetic.backends import EndpointBackend, LocalBackend, Sampling
 from data_pipeline.synthetic.problems import GENERATORS, LEVELS, generate_problems, unknown_generators
@@ -152,8 +152,7 @@ class RephraseConfig(ConfigModel):
         return self
 
 
-class SynthConfig(ConfigModel):
-    run: RunConfig
+class SynthConfig(StageConfig):
     problems: ProblemsConfig | None = Field(default_factory=ProblemsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

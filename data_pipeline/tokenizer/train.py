@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, file_record, recorded_config, sha256_file
-from data_pipeline.rundir import RunDir, write_atomic, write_json
-from data_pipeline.stage import Stage
+from core.config import ConfigError, ConfigModel, StageConfig
+from core.manifest import code_version, file_record, recorded_config, sha256_file
+from core.rundir import RunDir, write_atomic, write_json
+from core.stage import Stage
 from data_pipeline.tokens.curated import open_curated
 
 SCHEMA = "atom.tokenizer/1"
@@ -55,8 +55,7 @@ class SpecialTokens(ConfigModel):
         return [self.eos, self.pad, *self.extra]
 
 
-class TokenizerConfig(ConfigModel):
-    run: RunConfig
+class TokenizerConfig(StageConfig):
     input: str  # a curated run directory (contract: curated/*.parquet + manifest.json)
     vocab_size: int = Field(32768, ge=BYTE_ALPHABET + 2)
     min_frequency: int = Field(2, ge=1)

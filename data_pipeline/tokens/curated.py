@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file, verify_file_record
+from core.config import ConfigError
+from core.manifest import sha256_file, verify_file_record
 
 CURATION_SCHEMA = "atom.curation/1"
 CURATED_DIR = "curated"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 
 DATASET_SCHEMA = "atom.tokens/1"
 MIXTURE_SCHEMA = "atom.mixture/1"

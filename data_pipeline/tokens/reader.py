@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from data_pipeline.tokens import format as fmt
 
 MAX_OPEN = 64

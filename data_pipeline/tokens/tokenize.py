@@ -19,18 +19,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.manifest import code_version, content_name, file_record, recorded_config, sha256_file
-from data_pipeline.rundir import RunDir, write_json
-from data_pipeline.stage import Stage
+from core.config import ConfigError, StageConfig
+from core.manifest import code_version, content_name, file_record, recorded_config, sha256_file
+from core.rundir import RunDir, write_json
+from core.stage import Stage
 from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
 from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CuratedRun, open_curated
 
 
-class TokenizeConfig(ConfigModel):
-    run: RunConfig
+class TokenizeConfig(StageConfig):
     input: str  # curated run directory
     tokenizer: str  # tokenizer directory (from `atom tokenizer`)
     dtype: Literal["auto", "uint16", "uint32"] = "auto"

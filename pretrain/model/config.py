@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from data_pipeline.config import ConfigModel
+from core.config import ConfigModel
 
 if TYPE_CHECKING:
     from pretrain.model.transformer import Transformer

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from pretrain.model.config import MoEConfig, MoEModelConfig, RopeConfig
 from pretrain.model.transformer import Transformer
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from pretrain.model.config import MoEConfig
 from pretrain.model.layers import SwiGLU
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from atom import cli
-from data_pipeline.config import ConfigModel, RunConfig, apply_overrides
-from data_pipeline.stage import Stage
+from core.config import ConfigModel, RunConfig, apply_overrides
+from core.stage import Stage
 from tests.data_pipeline.synthetic_fixtures import tiny_model
 from tests.data_pipeline.tokens_fixtures import stdlib_documents, write_curated_run
 

@@ -9,8 +9,8 @@ import pytest
 
 from atom.quickstart import DEFAULT_CONFIG, QuickstartConfig, StageStep
 from atom.quickstart import run as quickstart
-from data_pipeline.config import load_config
-from midtrain.release.audit import audit_release
+from core.config import load_config
+from release.audit import audit_release
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from data_pipeline.curate import CurateConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

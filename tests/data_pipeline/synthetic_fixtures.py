@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from tests.data_pipeline.tokens_fixtures import stdlib_documents, write_curated_run
 
 VOCAB = 512

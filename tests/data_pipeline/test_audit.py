@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atom.cli import main
-from data_pipeline.audit import audit
-from data_pipeline.manifest import file_record
+from core.manifest import file_record
+from data_pipeline.audit import audit_data
 from tests.data_pipeline.tokens_fixtures import built
 
 
@@ -37,7 +37,7 @@ def _save(path, manifest):
 
 def test_untouched_dataset_and_mixture_pass(data, capsys):
     for path in (data["dataset"], data["mixture"]):
-        report = audit(path)
+        report = audit_data(path)
         assert report.ok, report.render()
         assert main(["audit", str(path)]) == 0
     assert "PASS" in capsys.readouterr().out
@@ -50,18 +50,18 @@ def test_flipping_one_byte_in_any_shard_fails_naming_it(copy, capsys):
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         path.write_bytes(bytes(raw))
-        report = audit(copy / "dataset")
+        report = audit_data(copy / "dataset")
         assert not report.ok and shard in report.failing_files()
         assert main(["audit", str(copy / "dataset")]) == 1
         assert f"FAIL {shard}: sha256 and size" in capsys.readouterr().out
         raw[len(raw) // 2] ^= 0x01
         path.write_bytes(bytes(raw))
-    assert audit(copy / "dataset").ok
+    assert audit_data(copy / "dataset").ok
 
 
 def test_deleting_a_shard_fails_naming_it(copy):
     (copy / "dataset" / "tokens" / "00001.ds").unlink()
-    report = audit(copy / "dataset")
+    report = audit_data(copy / "dataset")
     assert "tokens/00001.ds" in report.failing_files()
     assert any("missing" in c.detail for c in report.failures)
 
@@ -70,14 +70,14 @@ def test_editing_a_count_in_the_manifest_fails_naming_it(copy):
     manifest = _manifest(copy / "dataset")
     manifest["shards"][0]["n_tokens"] += 1
     _save(copy / "dataset", manifest)
-    report = audit(copy / "dataset")
+    report = audit_data(copy / "dataset")
     assert "manifest.json" in report.failing_files()
     assert any(c.check == "token count" for c in report.failures)
 
     manifest = _manifest(copy / "mixture")
     manifest["sources"]["stdlib-api-docs"]["docs"] -= 1
     _save(copy / "mixture", manifest)
-    assert "manifest.json" in audit(copy / "mixture").failing_files()
+    assert "manifest.json" in audit_data(copy / "mixture").failing_files()
 
 
 def test_removing_a_license_fails_naming_the_file(copy):
@@ -92,7 +92,7 @@ def test_removing_a_license_fails_naming_the_file(copy):
     manifest = _manifest(root)
     manifest["provenance"].update(file_record(root / "provenance.parquet", root))
     _save(root, manifest)
-    report = audit(root)
+    report = audit_data(root)
     failing = {(c.file, c.check) for c in report.failures}
     assert ("provenance.parquet", "every document has a license") in failing
 
@@ -100,7 +100,8 @@ def test_removing_a_license_fails_naming_the_file(copy):
     manifest = _manifest(copy / "mixture")
     manifest["sources"]["stdlib-module-docs"]["licenses"] = {}
     _save(copy / "mixture", manifest)
-    assert ("manifest.json", "source has a license") in {(c.file, c.check) for c in audit(copy / "mixture").failures}
+    failures = {(c.file, c.check) for c in audit_data(copy / "mixture").failures}
+    assert ("manifest.json", "source has a license") in failures
 
 
 def test_allow_list_from_cli_and_config(data, tmp_path, capsys):
@@ -119,16 +120,16 @@ def test_mixture_notices_tampered_sequence_and_datasets(copy):
     raw = bytearray(seq.read_bytes())
     raw[-3] ^= 0x10
     seq.write_bytes(bytes(raw))
-    assert "sequence.npy" in audit(copy / "mixture").failing_files()
+    assert "sequence.npy" in audit_data(copy / "mixture").failing_files()
     seq.write_bytes(bytes(raw[:-3] + bytes([raw[-3] ^ 0x10]) + raw[-2:]))
-    assert audit(copy / "mixture").ok
+    assert audit_data(copy / "mixture").ok
     shard = copy / "dataset" / "tokens" / "00002.ds"
     raw = bytearray(shard.read_bytes())
     raw[10] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    assert "../dataset/tokens/00002.ds" in audit(copy / "mixture").failing_files()
+    assert "../dataset/tokens/00002.ds" in audit_data(copy / "mixture").failing_files()
     shutil.rmtree(copy / "dataset")
-    assert "../dataset/manifest.json" in audit(copy / "mixture").failing_files()
+    assert "../dataset/manifest.json" in audit_data(copy / "mixture").failing_files()
 
 
 def test_missing_path_is_a_user_error(tmp_path, capsys):
@@ -192,7 +193,7 @@ def test_an_edited_dataset_manifest_value_fails_naming_field_and_file(copy, case
     manifest = _manifest(copy / "dataset")
     edit(manifest)
     _save(copy / "dataset", manifest)
-    report = audit(copy / "dataset")
+    report = audit_data(copy / "dataset")
     assert _names(report, "manifest.json", field), report.render()
     # the files the manifest describes are what they were: none of them is blamed
     assert report.failing_files() <= {"manifest.json", "croissant.json"}, report.render()
@@ -228,7 +229,7 @@ def test_an_edited_mixture_manifest_value_fails_naming_field_and_file(copy, case
     manifest = _manifest(copy / "mixture")
     edit(manifest)
     _save(copy / "mixture", manifest)
-    report = audit(copy / "mixture")
+    report = audit_data(copy / "mixture")
     assert _names(report, "manifest.json", field), report.render()
     assert report.failing_files() <= {"manifest.json", "croissant.json"}, report.render()
 
@@ -237,7 +238,7 @@ def test_edited_eos_id_blames_the_manifest_not_the_shards(copy):
     manifest = _manifest(copy / "dataset")
     manifest["tokenizer"]["eos_id"] = manifest["tokenizer"]["pad_id"]
     _save(copy / "dataset", manifest)
-    report = audit(copy / "dataset")
+    report = audit_data(copy / "dataset")
     assert ("manifest.json", "tokenizer.eos_id") in {(c.file, c.check) for c in report.failures}
     assert not any(f.startswith("tokens/") or f.startswith("tokenizer/") for f in report.failing_files())
     assert not any("EOS" in c.detail for c in report.failures)
@@ -257,7 +258,7 @@ def test_croissant_is_regenerated_from_the_manifest_byte_for_byte(copy, kind, ed
     elif edit == "license":
         doc["license"] = ["https://spdx.org/licenses/MIT.html"]
     path.write_text(json.dumps(doc, indent=1 if edit == "reformatted" else 2, sort_keys=True) + "\n")
-    report = audit(copy / kind)
+    report = audit_data(copy / kind)
     assert report.failing_files() == {"croissant.json"}, report.render()
     if edit != "reformatted":
         assert _names(report, "croissant.json", edit), report.render()
@@ -270,18 +271,18 @@ def test_curation_is_compared_with_the_curated_runs_manifest_when_present(data, 
     curated = tmp_path / "curated_run"
     shutil.copytree(data["curated"], curated)
     ds = tokenize(tokenize_config(tmp_path / "dataset", curated, data["tokenizer"]))
-    report = audit(ds)
+    report = audit_data(ds)
     assert report.ok and report.summary["curation"] == f"compared with {curated / 'manifest.json'}"
 
     # the curated run's own count changes: the dataset no longer says what its input said
     cur = _manifest(curated)
     cur["stages"][1]["documents_kept"] -= 1
     _save(curated, cur)
-    report = audit(ds)
+    report = audit_data(ds)
     assert _names(report, "manifest.json", "curation.stages[1].documents_kept"), report.render()
     assert _names(report, "manifest.json", "curation.manifest_sha256"), report.render()
 
     # without the curated run there is nothing to compare with, and the audit says so
     shutil.rmtree(curated)
-    report = audit(ds)
+    report = audit_data(ds)
     assert report.ok and report.summary["curation"].startswith("not compared")

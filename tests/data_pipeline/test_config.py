@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import model_validator
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig, load_config, load_yaml_tree, parse_value
+from core.config import ConfigError, ConfigModel, RunConfig, load_config, load_yaml_tree, parse_value
 
 
 class Optim(ConfigModel):

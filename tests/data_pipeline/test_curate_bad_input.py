@@ -10,8 +10,8 @@ import shutil
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from data_pipeline.audit import audit
-from data_pipeline.config import load_config
+from core.config import load_config
+from data_pipeline.audit import audit_data
 from data_pipeline.curate import CurateConfig
 from data_pipeline.curate.pipeline import run
 from tests.data_pipeline.curate_helpers import REPO_ROOT, read_manifest
@@ -156,11 +156,11 @@ def test_every_path_found_is_read_or_counted_as_skipped(tmp_path):
         ("h:.git/HEAD", "dotfile"), ("h:.notes.txt", "dotfile"), ("h:gone.html", "broken_symlink"),
         ("h:pipe.txt", "not_a_file")]
     assert read_manifest(run_dir)["quarantine"] == {}
-    assert audit(run_dir).ok, audit(run_dir).render()
+    assert audit_data(run_dir).ok, audit_data(run_dir).render()
     skipped_file = next((run_dir / "quarantine" / "skipped").glob("*.jsonl"))
     lines = skipped_file.read_text(encoding="utf-8").splitlines()
     skipped_file.write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
-    report = audit(run_dir)
+    report = audit_data(run_dir)
     assert any(c.file == "manifest.json" and "sources.h.skipped" in c.check + c.detail
                for c in report.failures), report.render()
 

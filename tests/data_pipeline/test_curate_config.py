@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from atom.cli import main
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from data_pipeline.curate.pipeline import build_phases, plan
 from tests.data_pipeline.curate_helpers import SAMPLE_CONFIG, sample_config
 

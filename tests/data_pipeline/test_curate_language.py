@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from data_pipeline.curate import CurateConfig
 from data_pipeline.curate.pipeline import run
 from tests.data_pipeline.curate_helpers import REPO_ROOT, read_excluded, read_manifest

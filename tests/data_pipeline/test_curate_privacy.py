@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from data_pipeline.curate import CurateConfig
 from data_pipeline.curate.pipeline import run
 from tests.data_pipeline.curate_helpers import REPO_ROOT, read_excluded, read_manifest

@@ -7,10 +7,10 @@ import json
 
 import pyarrow.parquet as pq
 
+from core.manifest import verify_file_record
 from data_pipeline.curate.steps.decontam import BUILTIN_EVALS
 from data_pipeline.curate.steps.read import document_id
 from data_pipeline.curate.steps.write import COLUMNS, MANIFEST_SCHEMA
-from data_pipeline.manifest import verify_file_record
 from tests.data_pipeline.curate_helpers import REPO_ROOT, read_excluded, read_manifest
 
 PLANTED = "planted://"

@@ -7,10 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
+from core.manifest import content_name, file_record, sha256_file
 from data_pipeline.curate import CurateConfig
 from data_pipeline.curate.pipeline import run as curate
-from data_pipeline.manifest import content_name, file_record, sha256_file
 from data_pipeline.tokenizer.train import TokenizerConfig
 from data_pipeline.tokenizer.train import run as train_tokenizer
 from data_pipeline.tokens.tokenize import run as tokenize

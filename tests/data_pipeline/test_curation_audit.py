@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_pipeline.audit import AuditReport, audit
+from core.audit import AuditReport
+from data_pipeline.audit import audit_data
 from tests.data_pipeline.curate_helpers import REPO_ROOT, read_manifest
 
 
@@ -33,7 +34,7 @@ def test_fresh_curation_run_passes_the_cli_audit(sample_run):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "curation run" in done.stdout and "0 failed: PASS" in done.stdout
     stages = read_manifest(sample_run)["stages"]
-    assert audit(sample_run).summary["documents"] == stages[-1]["documents_kept"] > 0
+    assert audit_data(sample_run).summary["documents"] == stages[-1]["documents_kept"] > 0
 
 
 def test_curated_shard_truncated_to_one_row_fails_naming_the_file(sample_run, tmp_path):
@@ -42,7 +43,7 @@ def test_curated_shard_truncated_to_one_row_fails_naming_the_file(sample_run, tm
     table = pq.read_table(shard)
     assert table.num_rows > 1
     pq.write_table(table.slice(0, 1), shard)
-    report = audit(run)
+    report = audit_data(run)
     assert not report.ok
     found = failures(report)
     assert any(f == "curated/00000.parquet" and check == "sha256 and size" for f, check, _ in found), found
@@ -56,7 +57,7 @@ def test_edited_documents_kept_fails_naming_the_field(sample_run, tmp_path):
     index = next(i for i, s in enumerate(manifest["stages"]) if s["name"] == "language")
     manifest["stages"][index]["documents_kept"] += 1
     write_manifest(run, manifest)
-    report = audit(run)
+    report = audit_data(run)
     assert not report.ok
     named = {(f, check) for f, check, _ in failures(report)}
     assert ("manifest.json", f"stages[{index}].documents_kept") in named, named
@@ -71,7 +72,7 @@ def test_deleted_exclusion_row_fails(sample_run, tmp_path):
     lines = file.read_text(encoding="utf-8").splitlines()
     file.write_text("\n".join(lines[1:]) + ("\n" if lines[1:] else ""), encoding="utf-8")
     index = next(i for i, s in enumerate(manifest["stages"]) if s["name"] == "gopher_quality")
-    report = audit(run)
+    report = audit_data(run)
     assert not report.ok
     found = failures(report)
     assert any(f == "manifest.json" and check == f"stages[{index}].dropped" and "excluded/gopher_quality" in detail
@@ -81,7 +82,7 @@ def test_deleted_exclusion_row_fails(sample_run, tmp_path):
 def test_missing_decontamination_report_fails(sample_run, tmp_path):
     run = copy_run(sample_run, tmp_path)
     (run / "reports" / "decontamination.json").unlink()
-    report = audit(run)
+    report = audit_data(run)
     assert not report.ok
     assert ("reports/decontamination.json", "present", "missing") in failures(report)
 
@@ -93,7 +94,7 @@ def test_quarantine_row_the_counts_do_not_hold_fails(sample_run, tmp_path):
            "preview": '{"text": "cut off'}
     (run / "quarantine").mkdir(exist_ok=True)
     (run / "quarantine" / "00000.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
-    found = failures(audit(run))
+    found = failures(audit_data(run))
     named = {(f, check) for f, check, _ in found}
     assert {("manifest.json", "quarantine"), ("manifest.json", "stages[0].dropped"),
             ("manifest.json", "sources.planted.quarantined")} <= named, found

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_pipeline.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig
 from data_pipeline.longdocs import LongDocsConfig
 from data_pipeline.longdocs import run as longdocs
 from data_pipeline.tokens.curated import open_curated

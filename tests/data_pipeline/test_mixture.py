@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from data_pipeline.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig
 from data_pipeline.mixture.mix import MixConfig, run
 from data_pipeline.tokens.reader import TokenDataset, TokenMixture, open_tokens
 from tests.data_pipeline.tokens_fixtures import MIX, built, hashes

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.rundir import CONFIG_FILE, RunDir, write_json
+from core.config import ConfigError, ConfigModel, RunConfig
+from core.rundir import CONFIG_FILE, RunDir, write_json
 
 
 class Cfg(ConfigModel):

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from atom.quickstart import reuse_verdict
-from data_pipeline import fingerprint
-from data_pipeline.config import ConfigError, ConfigModel, RunConfig
-from data_pipeline.fingerprint import path_fingerprint, source_digest
-from data_pipeline.rundir import INPUTS_FILE, RunDir
-from data_pipeline.stage import Stage
+from core import fingerprint
+from core.config import ConfigError, ConfigModel, RunConfig
+from core.fingerprint import path_fingerprint, source_digest
+from core.rundir import INPUTS_FILE, RunDir
+from core.stage import Stage
 from tests.data_pipeline.curate_helpers import REPO_ROOT
 from tests.data_pipeline.test_curate_bad_input import MINIMAL, real_pages
 

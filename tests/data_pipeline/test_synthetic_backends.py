@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from atom.cli import main
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from data_pipeline.synthetic import stage as synth
 from data_pipeline.synthetic.backends import (
     EndpointBackend,

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from atom.cli import main
-from data_pipeline.config import ConfigError, RunConfig, load_config
-from data_pipeline.manifest import recorded_config_sha256
+from core.config import ConfigError, RunConfig, load_config
+from core.manifest import recorded_config_sha256
 from data_pipeline.synthetic import stage as synth
 from data_pipeline.synthetic.problems import generate_problems
 from data_pipeline.synthetic.stage import SynthConfig

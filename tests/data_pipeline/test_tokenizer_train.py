@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_pipeline.config import ConfigError, RunConfig, load_config
+from core.config import ConfigError, RunConfig, load_config
 from data_pipeline.tokenizer.train import TokenizerConfig, load_tokenizer, run
 from tests.data_pipeline.tokens_fixtures import built, hashes, write_curated_run
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from data_pipeline.tokenizer.train import load_tokenizer
 from data_pipeline.tokens.format import choose_dtype
 from data_pipeline.tokens.reader import TokenDataset, open_tokens

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_pipeline.manifest import file_record
+from core.manifest import file_record
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 PY_VERSION = sys.version.split()[0]
@@ -102,7 +102,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
     """One curated run, tokenizer, dataset (3 shards) and mixture for the whole session (read-only!)."""
     if "built" in _CACHE:
         return _CACHE["built"]
-    from data_pipeline.config import RunConfig
+    from core.config import RunConfig
     from data_pipeline.mixture.mix import MixConfig
     from data_pipeline.mixture.mix import run as mix
     from data_pipeline.tokenizer.train import TokenizerConfig
@@ -126,7 +126,7 @@ MIX: dict[str, Any] = {
 
 
 def tokenize_config(out: Path, curated: Path, tokenizer: Path, **kw):
-    from data_pipeline.config import RunConfig
+    from core.config import RunConfig
     from data_pipeline.tokens.tokenize import TokenizeConfig
 
     return TokenizeConfig(run=RunConfig(dir=str(out)), input=str(curated), tokenizer=str(tokenizer),
@@ -135,7 +135,7 @@ def tokenize_config(out: Path, curated: Path, tokenizer: Path, **kw):
 
 def hashes(root: Path, skip: tuple[str, ...] = ("config.yaml", "logs")) -> dict[str, str]:
     """sha256 of every file under `root` (relative path -> hash), run bookkeeping excluded."""
-    from data_pipeline.manifest import sha256_file
+    from core.manifest import sha256_file
 
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.relative_to(root).parts[0] not in skip}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from data_pipeline.synthetic.numbers import format_number
 from data_pipeline.synthetic.problems import Problem, chatml, generate_problems
 from data_pipeline.tokenizer.train import TokenizerConfig, load_tokenizer

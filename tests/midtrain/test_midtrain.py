@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig
 from midtrain.config import MidtrainConfig, find_parent
 from midtrain.evals import Generator
 from midtrain.soup import SoupConfig, load_model_state

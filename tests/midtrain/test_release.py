@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from atom.cli import main
-from data_pipeline.audit import AuditReport
-from midtrain.release.audit import audit_release
-from midtrain.release.build import SUMS, build_release, write_sums
-from midtrain.release.data import StreamDocuments
-from midtrain.release.lineage import lineage, parent_checkpoint, touched_documents, trained_windows
+from core.audit import AuditReport
 from pretrain.train_manifest import read_train_manifest
+from release.audit import audit_release
+from release.build import SUMS, build_release, write_sums
+from release.data import StreamDocuments
+from release.lineage import lineage, parent_checkpoint, touched_documents, trained_windows
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -337,7 +337,7 @@ RELEASE_FIELDS = {
 def test_an_edited_release_number_is_recomputed_and_named(trained: dict[str, Path], tmp_path: Path,
                                                           case: str) -> None:
     """A forger who edits a number in release.json and regenerates the card and SHA256SUMS is still caught."""
-    from midtrain.release.card import render_card
+    from release.card import render_card
 
     edit, field = RELEASE_FIELDS[case]
     rel = tampered(trained, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from data_pipeline.tokenizer.train import TokenizerConfig
 from data_pipeline.tokenizer.train import run as train_tokenizer
 from data_pipeline.tokens.tokenize import TokenizeConfig

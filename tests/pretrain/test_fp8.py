@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.fp8 import convert_to_fp8
 from pretrain.model.transformer import OutputHead

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.config import ConfigError, RunConfig
+from core.config import ConfigError, RunConfig
 from data_pipeline.mixture.mix import MixConfig
 from data_pipeline.mixture.mix import run as mix
 from data_pipeline.tokens.reader import open_tokens

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.hf_export import ATOM_KEY, export_hf, import_hf
 

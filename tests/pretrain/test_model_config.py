@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from data_pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.moe import Experts
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from data_pipeline.config import load_config
+from core.config import load_config
 from pretrain.model.config import MoEModelConfig, RopeConfig
 from pretrain.model.layers import Attention, RotaryEmbedding, rope_frequencies
 from pretrain.model.loss import IGNORE_INDEX

@@ -113,7 +113,7 @@ def test_activation_checkpointing_gives_the_same_losses(dataset: Path, tmp_path:
 
 
 def test_bad_input_is_refused_before_training(dataset: Path, tmp_path: Path):
-    from data_pipeline.config import ConfigError
+    from core.config import ConfigError
     from pretrain.config import PretrainConfig
 
     cfg = tiny_pretrain(dataset, tmp_path / "tok", steps=2)

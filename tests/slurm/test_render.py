@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from atom import cli
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from slurm.profile import gpu_count, load_profile
 from slurm.quoting import sbatch_quote, shell_quote, slurm_filename_pattern
 from tests.slurm.helpers import HOSTILE

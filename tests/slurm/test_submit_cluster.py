@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from data_pipeline.config import RunConfig
+from core.config import RunConfig
 from data_pipeline.tokens.tokenize import TokenizeConfig
 from pretrain.train_manifest import read_train_manifest
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain

@@ -19,7 +19,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from data_pipeline.rundir import write_json
+from core.rundir import write_json
 
 PROGRESS_EVERY_S = 30.0
 

@@ -36,10 +36,10 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from core.manifest import file_record
+from core.rundir import write_atomic
 from data_pipeline.curate.steps.accounting import StageCounts
 from data_pipeline.curate.steps.transform import pii_masker
-from data_pipeline.manifest import file_record
-from data_pipeline.rundir import write_atomic
 
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 BINARY_SNIFF_BYTES = 8192

@@ -20,7 +20,7 @@ from typing import Any
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError
 from data_pipeline.curate.config import PIIConfig
 from data_pipeline.curate.steps.accounting import CurationStep
 

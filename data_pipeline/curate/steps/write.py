@@ -23,8 +23,8 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
-from data_pipeline.manifest import canonical_sha256, content_name, file_record
-from data_pipeline.rundir import write_json
+from core.manifest import canonical_sha256, content_name, file_record
+from core.rundir import write_json
 
 MANIFEST_SCHEMA = "atom.curation/1"
 COLUMNS = ("id", "text", "source", "license", "url", "source_version", "language")

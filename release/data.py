@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file
+from core.config import ConfigError
+from core.manifest import sha256_file
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.reader import document_keys
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.config import ConfigModel
+from core.config import ConfigModel
 
 
 @dataclass(frozen=True)

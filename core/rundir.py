@@ -19,18 +19,40 @@ from typing import Any
 
 import yaml
 
-from data_pipeline.config import ConfigError, ConfigModel
-from data_pipeline.fingerprint import FINAL_RECORDS, code_changed, input_changes, run_fingerprint
+from core.config import ConfigError, ConfigModel
+from core.fingerprint import FINAL_RECORDS, code_changed, input_changes, run_fingerprint
 
 CONFIG_FILE = "config.yaml"
 INPUTS_FILE = "inputs.json"
 LOG_DIR = "logs"
 
 
-def config_digest(config: ConfigModel) -> str:
-    """sha256 of the config's canonical JSON: the identity of a run."""
-    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+CONFIG_DIGEST_HEADER = "# config-sha256: "
+
+
+def tree_digest(tree: Mapping[str, Any]) -> str:
+    """sha256 of a resolved config tree as canonical JSON: the identity of a run."""
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def config_digest(config: ConfigModel) -> str:
+    """sha256 of the config's canonical JSON (`tree_digest` of `config.to_dict()`)."""
+    return tree_digest(config.to_dict())
+
+
+def render_config_file(stage: str, tree: Mapping[str, Any]) -> str:
+    """config.yaml as a run directory holds it: a comment naming the stage, the digest header, the YAML."""
+    body = yaml.safe_dump(dict(tree), sort_keys=False, allow_unicode=True)
+    return f"# atom {stage} config\n{CONFIG_DIGEST_HEADER}{tree_digest(tree)}\n{body}"
+
+
+def recorded_config_digest(text: str) -> str | None:
+    """The digest a config.yaml's header states (None when it has no header)."""
+    lines = text.splitlines()
+    if len(lines) > 1 and lines[1].startswith(CONFIG_DIGEST_HEADER):
+        return lines[1].removeprefix(CONFIG_DIGEST_HEADER).strip()
+    return None
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -119,7 +141,7 @@ class RunDir:
         fingerprint = run_fingerprint(inputs) if inputs is not None else None
         if saved.exists() and not overwrite:
             text = saved.read_text(encoding="utf-8")
-            same_config = f"# config-sha256: {digest}" in text.splitlines()[:2]
+            same_config = recorded_config_digest(text) == digest
             if fingerprint is not None:
                 run._check_fingerprint(fingerprint, reused=same_config)
             if not same_config:
@@ -130,7 +152,7 @@ class RunDir:
                         f"{run.path}: run directory holds a run of a different config ({saved}): "
                         f"changed {', '.join(refused[:5])}; choose another run directory or set run.overwrite=true"
                     )
-                old_digest = text.splitlines()[1].removeprefix("# config-sha256: ")[:12]
+                old_digest = (recorded_config_digest(text) or "unknown")[:12]
                 write_atomic(run.path / f"config.before-{old_digest}.yaml", text)
         elif not saved.exists() and run.path.exists() and any(run.path.iterdir()) and not overwrite:
             raise ConfigError(
@@ -139,8 +161,7 @@ class RunDir:
             )
         run.path.mkdir(parents=True, exist_ok=True)
         (run.path / LOG_DIR).mkdir(exist_ok=True)
-        body = yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
-        write_atomic(saved, f"# atom {stage} config\n# config-sha256: {digest}\n{body}")
+        write_atomic(saved, render_config_file(stage, config.to_dict()))
         if fingerprint is not None:
             write_json(run.path / INPUTS_FILE, fingerprint)
         return run

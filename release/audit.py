@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -28,15 +27,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from data_pipeline.audit import ABSENT, AuditReport, agree, audit_provenance
-from data_pipeline.audit import audit as audit_data
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file, verify_file_record
+from core.audit import ABSENT, AuditReport, agree
+from core.config import ConfigError
+from core.manifest import sha256_file, verify_file_record
+from core.rundir import recorded_config_digest, tree_digest
+from data_pipeline.audit import audit_data, audit_provenance
 from data_pipeline.tokens import format as fmt
-from midtrain.release import data as rdata
-from midtrain.release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, TOKENIZER_FILES, is_release
-from midtrain.release.card import render_card
-from midtrain.release.lineage import (
+from release import data as rdata
+from release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, TOKENIZER_FILES, is_release
+from release.card import render_card
+from release.lineage import (
     CONFIG,
     MIDTRAIN,
     TRAIN_MANIFEST,
@@ -49,6 +49,15 @@ from midtrain.release.lineage import (
 
 PROMPT = "def "
 NEW_TOKENS = 8
+
+
+def audit(path: str | Path, allow_licenses: list[str] | None = None, data: list[str] | None = None) -> AuditReport:
+    """Audit what lies at `path`: a release (release.json), else a curation run, dataset or mixture."""
+    if (Path(path) / RELEASE_JSON).is_file():
+        return audit_release(path, allow_licenses, data)
+    if data:
+        raise ConfigError(f"{path}: --data applies to a release directory only")
+    return audit_data(path, allow_licenses)
 
 
 def audit_release(path: str | Path, allow_licenses: list[str] | None = None, data: list[str] | None = None,
@@ -123,10 +132,9 @@ def _stage(root: Path, release: dict[str, Any], stage_index: int, report: AuditR
     cfg_name = f"{sdir}/{CONFIG}"
     text = (base / CONFIG).read_text(encoding="utf-8")
     config = yaml.safe_load(text) or {}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    header_line = text.splitlines()[1] if len(text.splitlines()) > 1 else ""
+    digest = tree_digest(config)
     report.add(cfg_name, "config-sha256 header matches the config",
-               header_line == f"# config-sha256: {digest}" and digest == stage["config_sha256"],
+               recorded_config_digest(text) == digest == stage["config_sha256"],
                "the resolved config does not hash to its recorded config-sha256")
 
     tm_name = f"{sdir}/{TRAIN_MANIFEST}"

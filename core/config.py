@@ -188,7 +188,7 @@ def _mapping_value_type(tp: Any) -> Any:
 
 
 def _override_target(model: type[BaseModel], data: Mapping[str, Any],
-                     dotted: str) -> tuple[list[tuple[str, Any]], list[Any]]:
+                     dotted: str) -> tuple[list[tuple[str | int, Any]], list[Any]]:
     """The (key, default) steps `dotted` names in the config tree and the types its value may take.
 
     Each part must be a field of the section (of any branch, for a union or a nullable section) or a key of
@@ -334,7 +334,7 @@ def apply_overrides(
         node: Any = data
         for n, (key, default) in enumerate(steps[:-1]):
             kind = list if isinstance(steps[n + 1][0], int) else dict
-            child = node[key] if isinstance(node, list) else node.get(key)
+            child = node[int(key)] if isinstance(node, list) else node.get(key)
             if not isinstance(child, kind):
                 child = _section_default(default) if isinstance(node, dict) and key not in node else kind()
                 child = child if isinstance(child, kind) else kind()
@@ -452,3 +452,9 @@ class RunConfig(ConfigModel):
     dir: str
     seed: int = Field(0, ge=0, le=MAX_SEED)
     overwrite: bool = False
+
+
+class StageConfig(ConfigModel):
+    """A stage's config: its own sections beside `run:` (where it writes, with which seed)."""
+
+    run: RunConfig

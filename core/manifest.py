@@ -7,6 +7,9 @@ inside what is hashed, so the same inputs and config give the same bytes.
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +47,27 @@ def verify_file_record(record: dict[str, Any], root: Path) -> str | None:
     return None
 
 
-def code_version() -> str:
-    """The code that wrote a manifest: `git:<commit>` of this checkout when there is one, else the package."""
-    import subprocess
-    from importlib import metadata
-
+def _git(*args: str) -> str | None:
     repo = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return f"git:{out.stdout.strip()}"
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        pass
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_checkout() -> dict[str, Any]:
+    """The commit of this checkout and whether the working tree differs from it (None: not a git checkout)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain")
+    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
+
+
+def code_version() -> str:
+    """The code that wrote a manifest: `git:<commit>` of this checkout when there is one, else the package."""
+    commit = _git("rev-parse", "HEAD")
+    if commit and commit.strip():
+        return f"git:{commit.strip()}"
     try:
         return f"atom=={metadata.version('atom')}"
     except metadata.PackageNotFoundError:
@@ -66,8 +76,6 @@ def code_version() -> str:
 
 def canonical_sha256(obj: Any) -> str:
     """sha256 of `obj` as canonical JSON (sorted keys, no spaces)."""
-    import json
-
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.config import ConfigError
-from data_pipeline.manifest import sha256_file
+from core.config import ConfigError
+from core.manifest import git_checkout, sha256_file
+from core.rundir import recorded_config_digest, write_json
 from data_pipeline.tokens import format as fmt
-from midtrain.release import data as rdata
-from midtrain.release.card import render_card
-from midtrain.release.lineage import (
+from pretrain.checkpoint import COMPLETE, checkpoint_digest, list_checkpoints, verify
+from pretrain.metrics import plot_metrics, reproducible
+from release import data as rdata
+from release.card import render_card
+from release.lineage import (
     CONFIG,
     MIDTRAIN,
     TRAIN_MANIFEST,
-    Stage,
+    StageRecord,
     batches_per_epoch,
     lineage,
     touched_documents,
@@ -42,8 +44,6 @@ from midtrain.release.lineage import (
     trained_windows,
     trainer_state,
 )
-from pretrain.checkpoint import COMPLETE, checkpoint_digest, list_checkpoints, verify
-from pretrain.metrics import plot_metrics, reproducible
 
 SCHEMA = "atom.release/1"
 RELEASE_JSON = "release.json"
@@ -58,32 +58,11 @@ GENERATION = {"do_sample": True, "temperature": 0.8, "top_p": 0.95, "top_k": 50,
               "max_new_tokens": 128}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def is_release(path: Path) -> bool:
     try:
         return json.loads((path / RELEASE_JSON).read_text()).get("schema") == SCHEMA
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def code_version() -> dict[str, Any]:
-    """The commit of this checkout and whether the working tree differs from it."""
-    repo = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain")
-    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -96,7 +75,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def checkpoint_list(stage: Stage) -> list[dict[str, Any]]:
+def checkpoint_list(stage: StageRecord) -> list[dict[str, Any]]:
     """Every checkpoint the run still holds: step, tokens seen, path, content digest (`checkpoint_digest`)."""
     out = []
     for ckpt in sorted(list_checkpoints(stage.run_dir / "checkpoints"), key=lambda c: c.step):
@@ -109,7 +88,7 @@ def checkpoint_list(stage: Stage) -> list[dict[str, Any]]:
     return out
 
 
-def stage_record(stage: Stage, index: int, stage_dir: str, out: Path) -> dict[str, Any]:
+def stage_record(stage: StageRecord, index: int, stage_dir: str, out: Path) -> dict[str, Any]:
     """Copy one stage's records into `out/stage_dir` and describe it."""
     dst = out / stage_dir
     dst.mkdir(parents=True)
@@ -144,7 +123,7 @@ def stage_record(stage: Stage, index: int, stage_dir: str, out: Path) -> dict[st
     return {
         "index": index, "kind": stage.kind, "run_name": stage.run_dir.name, "dir": stage_dir,
         "files": present + [CHECKPOINTS_JSON],
-        "config_sha256": stage.config_text.splitlines()[1].removeprefix("# config-sha256: ").strip(),
+        "config_sha256": recorded_config_digest(stage.config_text),
         "step": stage.step, "checkpoint": used,
         "parent": None if stage.parent is None else {"stage": index - 1, "step": stage.parent.step,
                                                      "content_sha256": checkpoint_digest(stage.parent.path)},
@@ -175,7 +154,7 @@ def _final_metrics(path: Path) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def export_weights(stage: Stage, out: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
+def export_weights(stage: StageRecord, out: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
     """The stage's checkpoint as Hugging Face safetensors + config.json + generation_config.json."""
     import torch.distributed.checkpoint as dcp
 
@@ -236,7 +215,7 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
                         "content_sha256": records[-1]["checkpoint"]["content_sha256"]},
             "tokenizer": tokenizer, "stages": records,
             "tokens_total": sum(r["tokens"] for r in records), "steps_total": sum(r["step"] for r in records),
-            "code_version": code_version(), "packages": package_versions(),
+            "code_version": git_checkout(), "packages": package_versions(),
             "generation": GENERATION, "has_plot": (tmp / "metrics.png").is_file(),
         }
         write_json(tmp / RELEASE_JSON, release)  # the card is rendered from what a reader of the file gets
@@ -252,7 +231,7 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
     return out
 
 
-def _copy_tokenizer(stages: list[Stage], src: Path, manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+def _copy_tokenizer(stages: list[StageRecord], src: Path, manifest: dict[str, Any], out: Path) -> dict[str, Any]:
     want = {s.header["stream"]["tokenizer_sha256"] for s in stages}
     if len(want) != 1:
         raise ConfigError(f"the lineage's stages were trained with different tokenizers ({', '.join(sorted(want))})")

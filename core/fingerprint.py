@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.manifest import sha256_file
+from core.manifest import sha256_file
 
 FINGERPRINT_SCHEMA = "atom.run_inputs/1"
 # The record a finished stage leaves: an upstream run is identified by it (it pins the run's files by hash).
 FINAL_RECORDS = ("manifest.json", "summary.json")
-CODE_PACKAGES = ("atom", "data_pipeline", "pretrain", "midtrain", "slurm")
+CODE_PACKAGES = ("atom", "core", "data_pipeline", "pretrain", "midtrain", "release", "slurm")
 CODE_SUFFIXES = (".py", ".sh")
 
 

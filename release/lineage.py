@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data_pipeline.config import ConfigError
+from core.config import ConfigError, deep_merge
 from pretrain.checkpoint import COMPLETE, TRAINER_STATE, Checkpoint, checkpoint_digest, list_checkpoints, verify
 from pretrain.data import DataLoader
 from pretrain.train_manifest import TRAIN_MANIFEST, read_train_manifest
@@ -33,7 +33,7 @@ PARENT_KEYS = ("parent_checkpoint", "checkpoint", "init_from", "parent", "path",
 
 
 @dataclass
-class Stage:
+class StageRecord:
     """One run directory of the lineage and the checkpoint of it that counts."""
 
     run_dir: Path
@@ -137,23 +137,15 @@ def run_of(ckpt: Checkpoint) -> Path:
     return ckpt.path.parent.parent
 
 
-def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`top` over `base`, recursively: a mid-training config's model changes over its parent's model."""
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolved_model(config: dict[str, Any], midtrain_meta: dict[str, Any] | None) -> dict[str, Any]:
     """The full model config of a stage: a pretraining config's `model`, or a mid-training config's model
     changes over the parent model that `midtrain.json` records."""
     if midtrain_meta is not None and isinstance((midtrain_meta.get("parent") or {}).get("model"), dict):
-        return merge(midtrain_meta["parent"]["model"], config.get("model") or {})
+        return deep_merge(midtrain_meta["parent"]["model"], config.get("model") or {})
     return config["model"]
 
 
-def load_stage(run_dir: Path, ckpt: Checkpoint) -> Stage:
+def load_stage_record(run_dir: Path, ckpt: Checkpoint) -> StageRecord:
     kind, tree, text = read_config(run_dir)
     manifest = run_dir / TRAIN_MANIFEST
     if not manifest.is_file():
@@ -165,21 +157,21 @@ def load_stage(run_dir: Path, ckpt: Checkpoint) -> Stage:
                           f"{records[-1]['step'] if records else '-'}, not 1..{ckpt.step} of {ckpt.path.name}")
     meta = json.loads((run_dir / MIDTRAIN).read_text()) if (run_dir / MIDTRAIN).is_file() else None
     model = trainer_state(ckpt).get("model") or resolved_model(tree, meta)
-    return Stage(run_dir, kind, tree, text, header, records, ckpt, model)
+    return StageRecord(run_dir, kind, tree, text, header, records, ckpt, model)
 
 
-def lineage(run_dir: Path, step: int | None = None, max_depth: int = 16) -> list[Stage]:
+def lineage(run_dir: Path, step: int | None = None, max_depth: int = 16) -> list[StageRecord]:
     """The stages behind `run_dir`'s checkpoint at `step` (None: newest), oldest first."""
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     read_config(run_dir)
-    stages: list[Stage] = []
+    stages: list[StageRecord] = []
     ckpt: Checkpoint | None = checkpoint_at(run_dir, step)
     while ckpt is not None:
         if len(stages) >= max_depth:
             raise ConfigError(f"{run_dir}: lineage deeper than {max_depth} stages (a cycle?)")
-        stage = load_stage(run_dir, ckpt)
+        stage = load_stage_record(run_dir, ckpt)
         stage.parent = parent_checkpoint(run_dir, stage.config)
         stages.append(stage)
         if stage.parent is None:
