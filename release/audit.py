@@ -30,22 +30,25 @@ import yaml
 from core.audit import ABSENT, AuditReport, agree
 from core.config import ConfigError
 from core.manifest import sha256_file, verify_file_record
+from core.manifest_model import ManifestError
 from core.rundir import recorded_config_digest, tree_digest
 from data_pipeline.audit import audit_data, audit_provenance
 from data_pipeline.tokens import format as fmt
 from release import data as rdata
-from release.build import CHECKPOINTS_JSON, RELEASE_JSON, SCHEMA, SUMS, TOKENIZER_FILES, is_release
+from release.build import CHECKPOINTS_JSON, SUMS, TOKENIZER_FILES
 from release.card import render_card
 from release.lineage import (
     CONFIG,
     MIDTRAIN,
     TRAIN_MANIFEST,
     batches_per_epoch,
+    read_train_manifest,
     resolved_model,
     touched_documents,
     trained_tokens_digest,
     trained_windows,
 )
+from release.manifest import RELEASE_JSON, SCHEMA, ParentLink, Release, Stage, read_release
 
 PROMPT = "def "
 NEW_TOKENS = 8
@@ -67,25 +70,29 @@ def audit_release(path: str | Path, allow_licenses: list[str] | None = None, dat
         raise ConfigError(f"{root}: not an atom release (no {RELEASE_JSON})")
     report = AuditReport(str(root), "release")
     _files(root, report)
-    if not report.add(RELEASE_JSON, f"schema {SCHEMA}", is_release(root), "unreadable or not a release manifest"):
+    try:
+        release = read_release(root)
+    except ManifestError as exc:
+        report.add(RELEASE_JSON, f"schema {SCHEMA}", False, str(exc))
         return report
-    release = json.loads((root / RELEASE_JSON).read_text(encoding="utf-8"))
-    report.summary.update({"stages": len(release.get("stages", [])), "tokens": release.get("tokens_total"),
+    report.add(RELEASE_JSON, f"schema {SCHEMA}", True)
+    report.summary.update({"stages": len(release.stages), "tokens": release.tokens_total,
                            "SHA256SUMS sha256": sha256_file(root / SUMS)[:16] if (root / SUMS).is_file() else "-"})
     try:
-        report.add("README.md", "model card generated from release.json",
-                   (root / "README.md").is_file() and (root / "README.md").read_text(encoding="utf-8")
-                   == render_card(release), "differs from the card release.json generates")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        report.add(RELEASE_JSON, "readable", False, f"malformed: {exc!r}")
+        card = render_card(release)
+    except (KeyError, TypeError, AttributeError) as exc:  # model.config is free-form here; validated in _weights
+        report.add(RELEASE_JSON, "model.config readable", False, f"malformed: {exc!r}")
         return report
+    report.add("README.md", "model card generated from release.json",
+               (root / "README.md").is_file() and (root / "README.md").read_text(encoding="utf-8") == card,
+               "differs from the card release.json generates")
     allow = sorted(set(allow_licenses)) if allow_licenses is not None else None
     _numbers(root, release, report)
-    for i, stage in enumerate(release["stages"]):
+    for i, stage in enumerate(release.stages):
         try:
             _stage(root, release, i, report, allow)
-        except (KeyError, TypeError, ValueError, OSError) as exc:
-            report.add(stage.get("dir", "lineage"), "readable stage records", False, f"{type(exc).__name__}: {exc}")
+        except (KeyError, TypeError, ValueError, OSError) as exc:  # the stage's own files, read as they are
+            report.add(stage.dir, "readable stage records", False, f"{type(exc).__name__}: {exc}")
     _weights(root, release, report, load_weights)
     for given in data or []:
         _given_data(Path(given), root, release, report, allow)
@@ -102,7 +109,8 @@ def _files(root: Path, report: AuditReport) -> None:
     listed: dict[str, str] = {}
     for n, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         digest, sep, name = line.partition("  ")
-        if not report.add(SUMS, "well-formed line", sep and len(digest) == 64 and name, f"line {n}: {line[:80]!r}"):
+        well_formed = bool(sep and len(digest) == 64 and name)
+        if not report.add(SUMS, "well-formed line", well_formed, f"line {n}: {line[:80]!r}"):
             continue
         listed[name] = digest
     names = list(listed)
@@ -125,119 +133,153 @@ def _files(root: Path, report: AuditReport) -> None:
 # ---- 3. stages ------------------------------------------------------------------------------------
 
 
-def _stage(root: Path, release: dict[str, Any], stage_index: int, report: AuditReport, allow) -> None:
-    stage = release["stages"][stage_index]
-    sdir = stage["dir"]
-    base = root / sdir
-    cfg_name = f"{sdir}/{CONFIG}"
+def _stage(root: Path, release: Release, stage_index: int, report: AuditReport, allow: list[str] | None) -> None:
+    """Stage `stage_index` of the lineage: its config, training manifest, data, budget, documents, parent."""
+    stage = release.stages[stage_index]
+    base = root / stage.dir
+    config = _stage_config(base, stage, report)
+    header, records = _stage_train_manifest(base, stage, stage_index, config, report)
+    data_dir = root / stage.data.dir
+    manifest = _stage_data_manifest(data_dir, release, stage, header["stream"], report)
+    windows = _stage_budget(base, stage, header, records, manifest, report)
+    dataset_roots = _data_files(data_dir, manifest, stage, report)
+    if dataset_roots is not None:
+        _stage_documents(data_dir, stage, header["stream"], manifest, dataset_roots, windows, report, allow)
+    if stage.parent is not None:
+        _stage_parent(root, release, stage, stage.parent, report)
+
+
+def _stage_config(base: Path, stage: Stage, report: AuditReport) -> dict[str, Any]:
+    """config.yaml hashes to its own header and to release.json's config_sha256."""
     text = (base / CONFIG).read_text(encoding="utf-8")
     config = yaml.safe_load(text) or {}
     digest = tree_digest(config)
-    report.add(cfg_name, "config-sha256 header matches the config",
-               recorded_config_digest(text) == digest == stage["config_sha256"],
+    report.add(f"{stage.dir}/{CONFIG}", "config-sha256 header matches the config",
+               recorded_config_digest(text) == digest == stage.config_sha256,
                "the resolved config does not hash to its recorded config-sha256")
+    return config
 
-    tm_name = f"{sdir}/{TRAIN_MANIFEST}"
-    lines = [json.loads(line) for line in (base / TRAIN_MANIFEST).read_text().splitlines() if line]
-    header, records = lines[0], [r for r in lines[1:] if r["step"] <= stage["step"]]
-    stream = header["stream"]
+
+def _stage_train_manifest(base: Path, stage: Stage, stage_index: int, config: dict[str, Any],
+                          report: AuditReport) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The training manifest's header agrees with release.json and the config; its steps up to the release's."""
+    tm_name = f"{stage.dir}/{TRAIN_MANIFEST}"
+    header, all_records = read_train_manifest(base / TRAIN_MANIFEST)
+    records = [r for r in all_records if r["step"] <= stage.step]
     seq_len, batch = int(header["seq_len"]), int(header["global_batch"])
     where = f"stages[{stage_index}]"
-    agree(report, RELEASE_JSON, f"{where}.index", stage["index"], stage_index, "its position in stages")
+    agree(report, RELEASE_JSON, f"{where}.index", stage.index, stage_index, "its position in stages")
     for key in ("seq_len", "global_batch", "seed"):
-        agree(report, RELEASE_JSON, f"{where}.{key}", stage.get(key), header.get(key), tm_name)
+        agree(report, RELEASE_JSON, f"{where}.{key}", getattr(stage, key), header.get(key), tm_name)
     report.add(tm_name, "agrees with the config", seq_len == config["data"]["seq_len"]
                and batch == config["data"]["global_batch"] and header["seed"] == config["run"]["seed"]
-               and stage["step"] <= config["trainer"]["max_steps"],
+               and stage.step <= config["trainer"]["max_steps"],
                "seq_len, global_batch, seed or steps differ from config.yaml")
+    return header, records
 
-    data_dir = root / stage["data"]["dir"]
-    dm_name = f"{stage['data']['dir']}/{fmt.MANIFEST}"
+
+def _stage_data_manifest(data_dir: Path, release: Release, stage: Stage, stream: dict[str, Any],
+                         report: AuditReport) -> dict[str, Any]:
+    """The copied data manifest is the one the training manifest pins, and release.json describes it."""
+    tm_name = f"{stage.dir}/{TRAIN_MANIFEST}"
+    dm_name = f"{stage.data.dir}/{fmt.MANIFEST}"
     manifest = json.loads((data_dir / fmt.MANIFEST).read_text(encoding="utf-8"))
+    manifest_sha = sha256_file(data_dir / fmt.MANIFEST)
     report.add(dm_name, "pinned by the training manifest",
-               sha256_file(data_dir / fmt.MANIFEST) == stream["manifest_sha256"] == stage["data"]["manifest_sha256"],
+               manifest_sha == stream["manifest_sha256"] == stage.data.manifest_sha256,
                f"sha256 differs from stream.manifest_sha256 in {tm_name}")
     dm_info = {"schema": manifest.get("schema"), "n_tokens": manifest.get("n_tokens"), "n_docs": manifest.get("n_docs"),
-               "manifest_sha256": sha256_file(data_dir / fmt.MANIFEST), "dir": stage["data"]["dir"],
+               "manifest_sha256": manifest_sha, "dir": stage.data.dir,
                "sources": {k: {"tokens": v.get("tokens"), "docs": v.get("docs"), "licenses": v.get("licenses")}
                            for k, v in sorted(manifest.get("sources", {}).items())},
                "datasets": [rdata.dataset_dir(i) for i in range(len(manifest.get("datasets", [])))],
                "allow_licenses": _allow_list(data_dir, manifest), "path_at_training": stream.get("path")}
+    stated = stage.data.to_json_dict()
     for key, value in dm_info.items():
-        agree(report, RELEASE_JSON, f"{where}.data.{key}", stage["data"].get(key), value, dm_name)
-    _croissant(data_dir, manifest, stage["data"]["dir"] + "/", report)
+        agree(report, RELEASE_JSON, f"stages[{stage.index}].data.{key}", stated.get(key), value, dm_name)
+    _croissant(data_dir, manifest, stage.data.dir + "/", report)
     report.add(tm_name, "stream size is the data manifest's", stream["n_tokens"] == manifest.get("n_tokens"),
                f"stream n_tokens {stream['n_tokens']}, data manifest {manifest.get('n_tokens')}")
     report.add(tm_name, "tokenizer is the release's", stream["tokenizer_sha256"] == manifest["tokenizer"]["sha256"]
-               == release["tokenizer"]["sha256"], "tokenizer sha256 differs between training manifest, data "
+               == release.tokenizer.sha256, "tokenizer sha256 differs between training manifest, data "
                "manifest and release")
+    return manifest
 
-    # Token budget: steps x global_batch x seq_len, as the checkpoint and release.json say.
-    step = stage["step"]
+
+def _stage_budget(base: Path, stage: Stage, header: dict[str, Any], records: list[dict[str, Any]],
+                  manifest: dict[str, Any], report: AuditReport) -> np.ndarray:
+    """Steps x global_batch x seq_len tokens, as the checkpoint and release.json say; the trained windows."""
+    tm_name = f"{stage.dir}/{TRAIN_MANIFEST}"
+    seq_len, batch = int(header["seq_len"]), int(header["global_batch"])
+    step = stage.step
     report.add(tm_name, "one record per step", [r["step"] for r in records] == list(range(1, step + 1)),
                f"records do not run 1..{step}")
     per_step = batch * seq_len
     trained = sum(int(r["tokens"]) for r in records)
     report.add(tm_name, "tokens = steps x global_batch x seq_len",
-               all(int(r["tokens"]) == per_step for r in records) and trained == step * per_step == stage["tokens"],
+               all(int(r["tokens"]) == per_step for r in records) and trained == step * per_step == stage.tokens,
                f"{trained} tokens recorded, {step} x {batch} x {seq_len} = {step * per_step}, "
-               f"release.json {stage['tokens']}")
+               f"release.json {stage.tokens}")
     ckpts = json.loads((base / CHECKPOINTS_JSON).read_text())
     used = next((c for c in ckpts if c["step"] == step), None)
-    report.add(f"{sdir}/{CHECKPOINTS_JSON}", "checkpoint tokens_seen", used is not None and used == stage["checkpoint"]
-               and used["tokens_seen"] == trained, f"step {step}: checkpoint entry missing or tokens_seen != {trained}")
+    report.add(f"{stage.dir}/{CHECKPOINTS_JSON}", "checkpoint tokens_seen",
+               used is not None and used == stage.checkpoint.to_json_dict() and used["tokens_seen"] == trained,
+               f"step {step}: checkpoint entry missing or tokens_seen != {trained}")
     batches = [int(r["batch"]) for r in records]
     per_epoch = batches_per_epoch(header)
     epochs = batches[-1] // per_epoch + 1 if batches else 0
     increasing = all(a < b for a, b in zip(batches, batches[1:], strict=False)) and (not batches or batches[0] >= 0)
     report.add(tm_name, "batches in order",
-               increasing and per_epoch == header["batches_per_epoch"] == stage["batches_per_epoch"],
+               increasing and per_epoch == header["batches_per_epoch"] == stage.batches_per_epoch,
                "batch indices not increasing, or batches_per_epoch differs from the stream's size")
     windows = trained_windows(header, records)
     available = per_epoch * batch
-    report.add(tm_name, "within what the data offers", epochs == stage["epochs"] and windows.size <= epochs * available
-               and windows.size == stage["windows"],
-               f"{windows.size} windows over {epochs} epoch(s) of {available} (release.json: {stage['epochs']})")
-    _repetition(manifest, stage, trained, available * seq_len, report, dm_name)
+    report.add(tm_name, "within what the data offers", epochs == stage.epochs and windows.size <= epochs * available
+               and windows.size == stage.windows,
+               f"{windows.size} windows over {epochs} epoch(s) of {available} (release.json: {stage.epochs})")
+    _repetition(manifest, trained, available * seq_len, report, f"{stage.data.dir}/{fmt.MANIFEST}")
+    return windows
 
-    # The data files the manifests pin, the provenance, and the trained documents' licenses.
-    dataset_roots = _data_files(data_dir, manifest, stage, report)
-    if dataset_roots is None:
-        return
+
+def _stage_documents(data_dir: Path, stage: Stage, stream: dict[str, Any], manifest: dict[str, Any],
+                     dataset_roots: list[Path], windows: np.ndarray, report: AuditReport,
+                     allow: list[str] | None) -> None:
+    """The provenance covers the stream; every document behind the trained windows has an allowed license."""
     docs = rdata.StreamDocuments.read(data_dir, manifest, dataset_roots)
-    mask = touched_documents(docs.ends, windows, seq_len)
-    where = (f"{stage['data']['dir']}/{manifest['provenance']['path']}" if manifest["schema"] == fmt.DATASET_SCHEMA
-             else f"{stage['data']['dir']}/{manifest['sequence']['array']['path']}")
+    mask = touched_documents(docs.ends, windows, stage.seq_len)
+    where = (f"{stage.data.dir}/{manifest['provenance']['path']}" if manifest["schema"] == fmt.DATASET_SCHEMA
+             else f"{stage.data.dir}/{manifest['sequence']['array']['path']}")
     report.add(where, "documents cover the stream", len(docs.ends) > 0 and int(docs.ends[-1]) == stream["n_tokens"],
                f"documents end at {int(docs.ends[-1]) if len(docs.ends) else 0}, stream has {stream['n_tokens']}")
     lic = docs.licenses[mask]
     empty = np.array([not (isinstance(v, str) and v.strip()) for v in lic], dtype=bool)
     report.add(where, "every trained document has a license", not empty.any(),
                f"{int(empty.sum())} trained document(s) without a license, e.g. {docs.ids[mask][empty][:3].tolist()}")
-    policy = allow if allow is not None else stage["data"]["allow_licenses"]
+    policy = allow if allow is not None else stage.data.allow_licenses
     if policy is not None:
         outside = sorted({v for v in lic[~empty].tolist() if v not in policy})
         report.add(where, "trained documents' licenses within allow-list", not outside,
                    f"{', '.join(outside)} not in allow-list {policy}")
-    report.add(RELEASE_JSON, f"trained documents of stage {stage['index']}",
-               docs.summary(mask) == stage["trained_documents"],
+    report.add(RELEASE_JSON, f"trained documents of stage {stage.index}",
+               docs.summary(mask) == stage.trained_documents.to_json_dict(),
                "per-source/license counts differ from the recomputed ones")
-    _held_out(stream, docs, windows, seq_len, report, tm_name)
+    _held_out(stream, docs, windows, stage.seq_len, report, f"{stage.dir}/{TRAIN_MANIFEST}")
 
-    if stage["parent"] is not None:
-        prev = release["stages"][stage["parent"]["stage"]]
-        meta = _midtrain_meta(root, stage)
-        if meta is not None:
-            report.add(f"{sdir}/{MIDTRAIN}", "parent is the previous stage", meta["parent"].get("step") ==
-                       stage["parent"]["step"] and meta["parent"].get("content_sha256") ==
-                       stage["parent"]["content_sha256"] and meta["parent"].get("model") == stage_model(root, prev),
-                       f"names a parent other than {prev['dir']} at step {stage['parent']['step']}")
-        prev_ckpts = json.loads((root / prev["dir"] / CHECKPOINTS_JSON).read_text())
-        match = [c for c in prev_ckpts if c["step"] == stage["parent"]["step"]
-                 and c["content_sha256"] == stage["parent"]["content_sha256"]]
-        report.add(f"{sdir}/{CONFIG}", "parent is the previous stage's checkpoint",
-                   bool(match) and prev["step"] == stage["parent"]["step"],
-                   f"parent step {stage['parent']['step']} is not a checkpoint of {prev['dir']}")
+
+def _stage_parent(root: Path, release: Release, stage: Stage, parent: ParentLink, report: AuditReport) -> None:
+    """A stage's parent is the previous stage's checkpoint, as its midtrain.json and checkpoints.json say."""
+    prev = release.stages[parent.stage]
+    meta = _midtrain_meta(root, stage)
+    if meta is not None:
+        report.add(f"{stage.dir}/{MIDTRAIN}", "parent is the previous stage", meta["parent"].get("step") ==
+                   parent.step and meta["parent"].get("content_sha256") == parent.content_sha256
+                   and meta["parent"].get("model") == stage_model(root, prev),
+                   f"names a parent other than {prev.dir} at step {parent.step}")
+    prev_ckpts = json.loads((root / prev.dir / CHECKPOINTS_JSON).read_text())
+    match = [c for c in prev_ckpts if c["step"] == parent.step and c["content_sha256"] == parent.content_sha256]
+    report.add(f"{stage.dir}/{CONFIG}", "parent is the previous stage's checkpoint",
+               bool(match) and prev.step == parent.step,
+               f"parent step {parent.step} is not a checkpoint of {prev.dir}")
 
 
 def _held_out(stream, docs, windows, seq_len, report, name) -> None:
@@ -264,7 +306,8 @@ def _held_out(stream, docs, windows, seq_len, report, name) -> None:
                f"{sorted(set(touched.tolist()) - excluded)[:5]} not excluded, {leaked[:5]} trained")
 
 
-def _repetition(manifest, stage, trained, available_tokens, report, name) -> None:
+def _repetition(manifest: dict[str, Any], trained: int, available_tokens: int, report: AuditReport,
+                name: str) -> None:
     """A mixture caps each source's repetitions; training over it more than once multiplies them."""
     if manifest.get("schema") != fmt.MIXTURE_SCHEMA or not available_tokens:
         return
@@ -275,10 +318,10 @@ def _repetition(manifest, stage, trained, available_tokens, report, name) -> Non
     report.add(name, "source repetitions within their caps after training passes", not over, "; ".join(over))
 
 
-def _data_files(data_dir: Path, manifest: dict[str, Any], stage: dict[str, Any], report: AuditReport):
+def _data_files(data_dir: Path, manifest: dict[str, Any], stage: Stage, report: AuditReport) -> list[Path] | None:
     """Check the copied files against the manifests that pin them; the dataset roots, or None if files are
     missing. A file that is present but not the pinned one is still read, so its own problems are named too."""
-    prefix = stage["data"]["dir"] + "/"
+    prefix = stage.data.dir + "/"
     mname = prefix + fmt.MANIFEST
 
     def pinned(record: dict[str, Any], where: Path, pre: str) -> bool:
@@ -344,23 +387,20 @@ def _croissant(data_dir: Path, manifest: dict[str, Any], prefix: str, report: Au
                    "differs from the Croissant its manifest.json generates")
 
 
-def _numbers(root: Path, release: dict[str, Any], report: AuditReport) -> None:
+def _numbers(root: Path, release: Release, report: AuditReport) -> None:
     """release.json's totals, the weights' origin and the tokenizer's ids, recomputed from the stages and
     from tokenizer.json itself (the model's sizes are recomputed in `_weights`)."""
     from data_pipeline.tokens.tokenize import open_tokenizer
 
-    stages = release["stages"]
-    try:
-        agree(report, RELEASE_JSON, "tokens_total", release.get("tokens_total"), sum(int(s["tokens"]) for s in stages),
-              "the sum over stages[].tokens")
-        agree(report, RELEASE_JSON, "steps_total", release.get("steps_total"), sum(int(s["step"]) for s in stages),
-              "the sum over stages[].step")
-        agree(report, RELEASE_JSON, "weights", release.get("weights"),
-              {"file": "model.safetensors", "stage": len(stages) - 1, "step": stages[-1]["step"],
-               "content_sha256": stages[-1]["checkpoint"]["content_sha256"]}, "the last stage and its checkpoint")
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        report.add(RELEASE_JSON, "readable stage records", False, f"{type(exc).__name__}: {exc}")
-    agree(report, RELEASE_JSON, "has_plot", release.get("has_plot"), (root / "metrics.png").is_file(), "metrics.png")
+    stages = release.stages
+    agree(report, RELEASE_JSON, "tokens_total", release.tokens_total, sum(s.tokens for s in stages),
+          "the sum over stages[].tokens")
+    agree(report, RELEASE_JSON, "steps_total", release.steps_total, sum(s.step for s in stages),
+          "the sum over stages[].step")
+    last = {"file": "model.safetensors", "stage": len(stages) - 1, "step": stages[-1].step,
+            "content_sha256": stages[-1].checkpoint.content_sha256} if stages else ABSENT
+    agree(report, RELEASE_JSON, "weights", release.weights.to_json_dict(), last, "the last stage and its checkpoint")
+    agree(report, RELEASE_JSON, "has_plot", release.has_plot, (root / "metrics.png").is_file(), "metrics.png")
     if not all((root / name).is_file() for name in TOKENIZER_FILES):
         return  # named as missing by the SHA256SUMS check
     try:
@@ -370,7 +410,7 @@ def _numbers(root: Path, release: dict[str, Any], report: AuditReport) -> None:
         return
     tokenizer = {"sha256": sha256_file(root / "tokenizer.json"), "eos_id": info["eos_id"], "pad_id": info["pad_id"],
                  "vocab_size": info["vocab_size"], "files": list(TOKENIZER_FILES)}
-    agree(report, RELEASE_JSON, "tokenizer", release.get("tokenizer"), tokenizer, "tokenizer.json")
+    agree(report, RELEASE_JSON, "tokenizer", release.tokenizer.to_json_dict(), tokenizer, "tokenizer.json")
     ids = {"eos_token_id": info["eos_id"], "pad_token_id": info["pad_id"], "bos_token_id": None}
     for name in ("config.json", "generation_config.json"):
         try:
@@ -379,50 +419,50 @@ def _numbers(root: Path, release: dict[str, Any], report: AuditReport) -> None:
             continue  # named by the SHA256SUMS and weights checks
         agree(report, name, "token ids", {k: stated.get(k, ABSENT) for k in ids}, ids, "tokenizer.json")
         if name == "generation_config.json":
-            agree(report, RELEASE_JSON, "generation", release.get("generation"),
+            agree(report, RELEASE_JSON, "generation", release.generation,
                   {k: v for k, v in stated.items() if k not in ids}, name)
 
 
 # ---- 4. weights -----------------------------------------------------------------------------------
 
 
-def _midtrain_meta(root: Path, stage: dict[str, Any]) -> dict[str, Any] | None:
-    file = root / stage["dir"] / MIDTRAIN
+def _midtrain_meta(root: Path, stage: Stage) -> dict[str, Any] | None:
+    file = root / stage.dir / MIDTRAIN
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def stage_model(root: Path, stage: dict[str, Any]) -> dict[str, Any]:
+def stage_model(root: Path, stage: Stage) -> dict[str, Any]:
     """The full model config of a stage, from its config.yaml (and midtrain.json)."""
-    config = yaml.safe_load((root / stage["dir"] / CONFIG).read_text()) or {}
+    config = yaml.safe_load((root / stage.dir / CONFIG).read_text()) or {}
     return resolved_model(config, _midtrain_meta(root, stage))
 
 
-def _weights(root: Path, release: dict[str, Any], report: AuditReport, load: bool) -> None:
+def _weights(root: Path, release: Release, report: AuditReport, load: bool) -> None:
     try:
         config = json.loads((root / "config.json").read_text())
-        trained_model = stage_model(root, release["stages"][-1])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        trained_model = stage_model(root, release.stages[-1])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         report.add("config.json", "readable", False, str(exc))
         return
     ours = {**trained_model, "fp8": None}
     report.add("config.json", "is the trained architecture", config.get("atom_config") == ours
-               == release["model"]["config"], "atom_config differs from the released stage's config.yaml model")
+               == release.model.config, "atom_config differs from the released stage's config.yaml model")
     from pretrain.model.config import MoEModelConfig
 
     try:
         cfg = MoEModelConfig.model_validate(ours)
         sizes = {"architecture": (config.get("architectures") or [None])[0], "params_total": cfg.num_params(),
                  "params_active": cfg.num_params(active=True),
-                 "flops_per_token": cfg.flops_per_token(int(release["stages"][-1]["seq_len"]))}
+                 "flops_per_token": cfg.flops_per_token(release.stages[-1].seq_len)}
     except (ValueError, TypeError, KeyError) as exc:
-        report.add(f"{release['stages'][-1]['dir']}/{CONFIG}", "model config validates", False, str(exc)[:300])
+        report.add(f"{release.stages[-1].dir}/{CONFIG}", "model config validates", False, str(exc)[:300])
     else:
         for key, value in sizes.items():
-            agree(report, RELEASE_JSON, f"model.{key}", release["model"].get(key), value,
-                  "config.json" if key == "architecture" else f"the model config of {release['stages'][-1]['dir']}")
+            agree(report, RELEASE_JSON, f"model.{key}", getattr(release.model, key), value,
+                  "config.json" if key == "architecture" else f"the model config of {release.stages[-1].dir}")
     if (root / "tokenizer.json").is_file():
         report.add("tokenizer.json", "is the tokenizer the model trained with",
-                   sha256_file(root / "tokenizer.json") == release["tokenizer"]["sha256"],
+                   sha256_file(root / "tokenizer.json") == release.tokenizer.sha256,
                    "sha256 differs from release.json / the training manifest")
     if not load:
         return
@@ -444,7 +484,7 @@ def _weights(root: Path, release: dict[str, Any], report: AuditReport, load: boo
         hf_logging.set_verbosity(verbosity)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     n_params = sum(p.numel() for p in model.parameters())
-    want = release["model"]["params_total"]
+    want = release.model.params_total
     report.add("model.safetensors", "loads with transformers", not problems and n_params == want,
                f"{problems or ''} {n_params} parameters, release.json says {want}")
     try:
@@ -462,13 +502,13 @@ def _weights(root: Path, release: dict[str, Any], report: AuditReport, load: boo
 # ---- 5. the dataset itself --------------------------------------------------------------------------
 
 
-def _given_data(path: Path, root: Path, release: dict[str, Any], report: AuditReport, allow) -> None:
+def _given_data(path: Path, root: Path, release: Release, report: AuditReport, allow: list[str] | None) -> None:
     name = f"--data {path}"
     file = path / fmt.MANIFEST if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"--data {path}: no {fmt.MANIFEST} there")
     sha = sha256_file(file)
-    stages = [s for s in release["stages"] if s["data"]["manifest_sha256"] == sha]
+    stages = [s for s in release.stages if s.data.manifest_sha256 == sha]
     if not report.add(name, "is data a stage trained on", bool(stages),
                       f"manifest sha256 {sha[:16]}... matches no stage's training manifest"):
         return
@@ -479,10 +519,9 @@ def _given_data(path: Path, root: Path, release: dict[str, Any], report: AuditRe
     from pretrain.data import TokenWindows
 
     for stage in stages:
-        lines = [json.loads(line) for line in (root / stage["dir"] / TRAIN_MANIFEST).read_text().splitlines() if line]
-        records = [r for r in lines[1:] if r["step"] <= stage["step"]]
-        windows = trained_windows(lines[0], records)
-        got = trained_tokens_digest(TokenWindows(open_tokens(file.parent).spans(), stage["seq_len"]), windows)
-        report.add(name, f"trained tokens of stage {stage['index']} hash to the recorded digest",
-                   got == stage["trained_tokens_sha256"], f"sha256 {got[:16]}..., release.json "
-                   f"{stage['trained_tokens_sha256'][:16]}...")
+        header, all_records = read_train_manifest(root / stage.dir / TRAIN_MANIFEST)
+        windows = trained_windows(header, [r for r in all_records if r["step"] <= stage.step])
+        got = trained_tokens_digest(TokenWindows(open_tokens(file.parent).spans(), stage.seq_len), windows)
+        report.add(name, f"trained tokens of stage {stage.index} hash to the recorded digest",
+                   got == stage.trained_tokens_sha256, f"sha256 {got[:16]}..., release.json "
+                   f"{stage.trained_tokens_sha256[:16]}...")

@@ -44,9 +44,8 @@ from release.lineage import (
     trained_windows,
     trainer_state,
 )
+from release.manifest import RELEASE_JSON, SCHEMA, Release, read_release
 
-SCHEMA = "atom.release/1"
-RELEASE_JSON = "release.json"
 SUMS = "SHA256SUMS"
 CHECKPOINTS_JSON = "checkpoints.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -218,8 +217,8 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
             "code_version": git_checkout(), "packages": package_versions(),
             "generation": GENERATION, "has_plot": (tmp / "metrics.png").is_file(),
         }
-        write_json(tmp / RELEASE_JSON, release)  # the card is rendered from what a reader of the file gets
-        card = render_card(json.loads((tmp / RELEASE_JSON).read_text(encoding="utf-8")))
+        write_json(tmp / RELEASE_JSON, Release.parse(release, f"{RELEASE_JSON} being built").to_json_dict())
+        card = render_card(read_release(tmp))  # rendered from what a reader of the file gets
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_sums(tmp)
         if out.exists():

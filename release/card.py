@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from release.manifest import ModelInfo, Release, Stage
+
 
 def _n(value: Any) -> str:
     if isinstance(value, bool) or value is None:
@@ -39,8 +41,8 @@ def _router(moe: dict[str, Any]) -> str:
     return f"{scoring}, renormalised {moe['normalize_weights']}"
 
 
-def _architecture(model: dict[str, Any]) -> list[str]:
-    c = model["config"]
+def _architecture(model: ModelInfo) -> list[str]:
+    c = model.config
     moe = c.get("moe")
     rows = [["layers", c["n_layers"]], ["d_model", c["d_model"]],
             ["attention heads / KV heads", f"{c['n_heads']} / {c['n_kv_heads'] or c['n_heads']}"],
@@ -54,74 +56,80 @@ def _architecture(model: dict[str, Any]) -> list[str]:
                  ["router", _router(moe)]]
     else:
         rows += [["MLP hidden (dense)", c["mlp_hidden"]]]
-    rows += [["parameters (total)", model["params_total"]], ["parameters (active per token)", model["params_active"]],
-             ["training FLOPs per token", model["flops_per_token"]]]
+    rows += [["parameters (total)", model.params_total], ["parameters (active per token)", model.params_active],
+             ["training FLOPs per token", model.flops_per_token]]
     return _table(["", ""], rows)
 
 
-def _data(stage: dict[str, Any]) -> list[str]:
-    data = stage["data"]
-    lines = [f"Stream: `{data['schema']}`, {_n(data['n_tokens'])} tokens in {_n(data['n_docs'])} documents, "
-             f"manifest sha256 `{data['manifest_sha256']}` (copied to `{data['dir']}/`). "
-             f"Allow-list the data was built under: {', '.join(data['allow_licenses'] or ['none recorded'])}.",
+def _data(stage: Stage) -> list[str]:
+    data = stage.data
+    lines = [f"Stream: `{data.schema_}`, {_n(data.n_tokens)} tokens in {_n(data.n_docs)} documents, "
+             f"manifest sha256 `{data.manifest_sha256}` (copied to `{data.dir}/`). "
+             f"Allow-list the data was built under: {', '.join(data.allow_licenses or ['none recorded'])}.",
              ""]
-    trained = stage["trained_documents"]["by_source"]
+    trained = stage.trained_documents.by_source
     rows = []
-    for source, entry in data["sources"].items():
-        got = trained.get(source, {"docs": 0, "licenses": {}})
-        rows.append([source, ", ".join(f"{k} ({_n(v)})" for k, v in sorted((entry.get("licenses") or {}).items())),
-                     entry.get("docs"), entry.get("tokens"), got["docs"],
-                     ", ".join(f"{k or '(none)'} ({_n(v)})" for k, v in got["licenses"].items())])
+    for source, entry in data.sources.items():
+        got = trained.get(source)
+        rows.append([source, ", ".join(f"{k} ({_n(v)})" for k, v in sorted((entry.licenses or {}).items())),
+                     entry.docs, entry.tokens, got.docs if got else 0,
+                     ", ".join(f"{k or '(none)'} ({_n(v)})" for k, v in (got.licenses if got else {}).items())])
     lines += _table(["source", "licenses (documents)", "documents", "tokens", "documents trained on",
                      "their licenses"], rows)
     return lines
 
 
-def render_card(release: dict[str, Any]) -> str:
-    model, stages = release["model"], release["stages"]
-    licenses = sorted({lic for s in stages for e in s["trained_documents"]["by_source"].values()
-                       for lic in e["licenses"]})
+def render_card(release: Release) -> str:
+    model, stages = release.model, release.stages
+    licenses = sorted({lic for s in stages for e in s.trained_documents.by_source.values() for lic in e.licenses})
     out = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-           f"tags: [atom, moe, {MODEL_TYPE_TAGS.get(model['architecture'], 'qwen3_moe')}]",
-           f"datasets_licenses: [{', '.join(licenses)}]", "---", "", f"# {release['name']}", "",
-           f"A {_n(model['params_total'])}-parameter mixture-of-experts language model "
-           f"({_n(model['params_active'])} active per token), trained by the atom pipeline in "
-           f"{len(stages)} stage(s) ({' -> '.join(s['kind'] for s in stages)}) on "
-           f"{_n(release['tokens_total'])} tokens. Weights are `{model['architecture']}` safetensors "
+           f"tags: [atom, moe, {MODEL_TYPE_TAGS.get(model.architecture, 'qwen3_moe')}]",
+           f"datasets_licenses: [{', '.join(licenses)}]", "---", "", f"# {release.name}", "",
+           f"A {_n(model.params_total)}-parameter mixture-of-experts language model "
+           f"({_n(model.params_active)} active per token), trained by the atom pipeline in "
+           f"{len(stages)} stage(s) ({' -> '.join(s.kind for s in stages)}) on "
+           f"{_n(release.tokens_total)} tokens. Weights are `{model.architecture}` safetensors "
            "(fp32, as trained), loadable with `transformers.AutoModelForCausalLM.from_pretrained(this_dir)`.",
            "", "## Architecture", ""]
     out += _architecture(model)
     out += ["## Training budget", ""]
     out += _table(["stage", "kind", "steps", "global batch", "sequence length", "tokens", "epochs over stream",
                    "seed", "checkpoint (COMPLETE.json sha256)"],
-                  [[s["index"], s["kind"], s["step"], s["global_batch"], s["seq_len"], s["tokens"], s["epochs"],
-                    s["seed"], f"`{s['checkpoint']['path']}` `{s['checkpoint']['content_sha256'][:16]}`"]
-                   for s in stages])
-    out += [f"Total: {_n(release['steps_total'])} steps, {_n(release['tokens_total'])} tokens. The released weights "
-            f"are stage {release['weights']['stage']} at step {release['weights']['step']}.", ""]
+                  [[s.index, s.kind, s.step, s.global_batch, s.seq_len, s.tokens, s.epochs, s.seed,
+                    f"`{s.checkpoint.path}` `{(s.checkpoint.content_sha256 or '')[:16]}`"] for s in stages])
+    out += [f"Total: {_n(release.steps_total)} steps, {_n(release.tokens_total)} tokens. The released weights "
+            f"are stage {release.weights.stage} at step {release.weights.step}.", ""]
     out += ["## Data", ""]
     for s in stages:
-        out += [f"### Stage {s['index']} ({s['kind']})", ""] + _data(s)
-    out += ["## Evaluation", ""]
-    any_eval = False
-    for s in stages:
-        rows = [[k, v] for k, v in _flatten(s["evals"] or {})] + [[k, v] for k, v in s["final_metrics"].items()]
-        if rows:
-            any_eval = True
-            out += [f"Stage {s['index']} ({s['kind']}), last logged values and `evals.json`:", ""]
-            out += _table(["metric", "value"], rows)
-    if not any_eval:
-        out += ["No evaluation results were recorded for this run.", ""]
-    if release.get("has_plot"):
+        out += [f"### Stage {s.index} ({s.kind})", ""] + _data(s)
+    out += _evaluation(stages)
+    if release.has_plot:
         out += ["![loss and throughput](metrics.png)", "",
                 "Loss and throughput of the released stage ([metrics.png](metrics.png)); each stage's plot and "
                 "metrics are in `lineage/NN-KIND/`.", ""]
     out += ["## Generation", "", "`generation_config.json`: " + ", ".join(
-        f"{k}={v}" for k, v in sorted(release["generation"].items())) + ".", ""]
-    cv = release["code_version"]
-    out += ["## Provenance and verification", "",
-            f"Code: commit `{cv['commit']}`{' (working tree dirty)' if cv['dirty'] else ''}. Packages: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(release["packages"].items()) if v) + ".", "",
+        f"{k}={v}" for k, v in sorted(release.generation.items())) + ".", ""]
+    out += _provenance(release)
+    return "\n".join(out)
+
+
+def _evaluation(stages: list[Stage]) -> list[str]:
+    out = ["## Evaluation", ""]
+    for s in stages:
+        rows = [[k, v] for k, v in _flatten(s.evals or {})] + [[k, v] for k, v in s.final_metrics.items()]
+        if rows:
+            out += [f"Stage {s.index} ({s.kind}), last logged values and `evals.json`:", ""]
+            out += _table(["metric", "value"], rows)
+    if len(out) == 2:
+        out += ["No evaluation results were recorded for this run.", ""]
+    return out
+
+
+def _provenance(release: Release) -> list[str]:
+    cv = release.code_version
+    return ["## Provenance and verification", "",
+            f"Code: commit `{cv.commit}`{' (working tree dirty)' if cv.dirty else ''}. Packages: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(release.packages.items()) if v) + ".", "",
             "Each `lineage/NN-KIND/` holds that stage's resolved `config.yaml`, its training manifest "
             "`train_tokens.jsonl` (which windows of the data stream every step read), `checkpoints.json`, "
             "metrics, and under `data/` the data manifest(s) and provenance table(s). Token shards are not "
@@ -131,5 +139,4 @@ def render_card(release: dict[str, Any]) -> str:
             "manifests, token counts, licenses, weights load", "atom audit . --data DATASET_DIR   # also re-hash the "
             "shards and recompute the trained tokens' sha256", "```", "",
             "Trained-token digests (sha256 over each step's windows, uint32 little-endian): "
-            + "; ".join(f"stage {s['index']} `{s['trained_tokens_sha256']}`" for s in stages) + ".", ""]
-    return "\n".join(out)
+            + "; ".join(f"stage {s.index} `{s.trained_tokens_sha256}`" for s in release.stages) + ".", ""]

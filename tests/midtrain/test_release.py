@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -338,13 +339,14 @@ def test_an_edited_release_number_is_recomputed_and_named(trained: dict[str, Pat
                                                           case: str) -> None:
     """A forger who edits a number in release.json and regenerates the card and SHA256SUMS is still caught."""
     from release.card import render_card
+    from release.manifest import Release
 
     edit, field = RELEASE_FIELDS[case]
     rel = tampered(trained, tmp_path)
     release = json.loads((rel / "release.json").read_text())
     edit(release)
     (rel / "release.json").write_text(json.dumps(release, sort_keys=True, indent=2) + "\n")
-    (rel / "README.md").write_text(render_card(release), encoding="utf-8")
+    (rel / "README.md").write_text(render_card(Release.parse(release, "edited")), encoding="utf-8")
     write_sums(rel)
     report = audit_release(rel, load_weights=False)
     assert any(c.file == "release.json" and field in f"{c.check}: {c.detail}" for c in report.failures), \
@@ -360,3 +362,23 @@ def test_a_copied_croissant_file_is_regenerated_from_its_manifest(trained: dict[
     write_sums(rel)
     assert failures(audit_release(rel, load_weights=False)) == [
         "lineage/00-pretrain/data/croissant.json: regenerated from manifest.json byte for byte"]
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda r: r.update(schema="atom.release/9"), "'atom.release/9' is not a version this atom reads"),
+    (lambda r: r["stages"][0].update(tokens="12"), "stages[0].tokens: input should be a valid integer"),
+    (lambda r: r["model"].update(experts=8), "model.experts: extra inputs are not permitted"),
+    (lambda r: r.pop("tokens_total"), "tokens_total: field required"),
+])
+def test_a_release_json_of_another_schema_is_refused_naming_the_key(trained: dict[str, Path], tmp_path: Path,
+                                                                   edit: Any, named: str) -> None:
+    """A foreign-version or hand-edited release.json fails one check that names the version or the key,
+    instead of a KeyError half way through the audit."""
+    rel = tampered(trained, tmp_path)
+    release = json.loads((rel / "release.json").read_text())
+    edit(release)
+    (rel / "release.json").write_text(json.dumps(release, sort_keys=True, indent=2) + "\n")
+    write_sums(rel)
+    report = audit_release(rel, load_weights=False)
+    schema = [c for c in report.failures if c.check == "schema atom.release/1"]
+    assert schema and named in schema[0].detail, failures(report)
