@@ -21,8 +21,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from pretrain.checkpoint import CheckpointConfig, Checkpointer
-from pretrain.engine import DCP_DIR, _AppState
+from pretrain.checkpoint_state import DCP_DIR, TrainState
 from pretrain.model.config import MoEConfig, MoEModelConfig
+from pretrain.model.transformer import Transformer
 
 
 def build(d_model: int, layers: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
@@ -30,7 +31,7 @@ def build(d_model: int, layers: int) -> tuple[torch.nn.Module, torch.optim.Optim
                          mlp_hidden=4 * d_model, max_seq_len=256,
                          moe=MoEConfig(n_experts=16, top_k=2, expert_hidden=2 * d_model))
     torch.manual_seed(0)
-    model = cfg.build()
+    model = Transformer(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     out = model(torch.randint(0, 32768, (1, 32)))
     (out.logits.float().mean() + out.aux_loss).backward()
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     args = parser.parse_args()
     model, optimizer, n_params = build(args.d_model, args.layers)
-    app = {"app": _AppState(model, optimizer)}
+    app = {"app": TrainState(model, optimizer)}
     root = Path(args.dir or tempfile.mkdtemp(prefix="atom-bench-ckpt-"))
     print(f"model: {n_params / 1e6:.0f}M parameters; writing under {root}")
 

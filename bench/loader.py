@@ -24,6 +24,7 @@ from core.config import load_config
 from data_pipeline.tokens.reader import TokenSpan
 from pretrain.config import PretrainConfig
 from pretrain.data import DataLoader, TokenWindows
+from pretrain.model.transformer import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def time_loader(spans: list[TokenSpan], seq_len: int, batch: int, steps: int) ->
 
 def time_step(cfg: PretrainConfig, steps: int) -> float:
     torch.manual_seed(0)
-    model = cfg.model.build()
+    model = Transformer(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(0, cfg.model.vocab_size, (cfg.data.global_batch, cfg.data.seq_len))
 

@@ -25,6 +25,7 @@ from core.config import load_config
 from pretrain.metrics import matmul_peak
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.fp8 import convert_to_fp8
+from pretrain.model.transformer import Transformer
 from pretrain.optim import OptimizerConfig, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,10 @@ def main() -> None:
     backends = ["grouped_mm"] if args.no_loop else ["grouped_mm", "loop"]
     with torch.device(device):  # initialise on the device: the OLMoE-sized model is slow to init on CPU
         for backend in backends:
-            model = cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"backend": backend})}).build()
+            model = Transformer(cfg.model_copy(update={"moe": cfg.moe.model_copy(update={"backend": backend})}))
             contenders[f"atom ({backend})"] = step_fn(model.to(dtype=dtype), tokens, hf=False)
         if args.fp8:
-            model = convert_to_fp8(cfg.build().to(dtype=dtype), args.fp8)
+            model = convert_to_fp8(Transformer(cfg).to(dtype=dtype), args.fp8)
             contenders[f"atom (grouped_mm, fp8 {args.fp8})"] = step_fn(model, tokens, hf=False)
         if not args.no_hf:
             contenders["transformers OlmoeForCausalLM"] = step_fn(olmoe_like(cfg, dtype, device), tokens, hf=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core.rundir import canonical_json, write_atomic
+from data_pipeline.tokens import format as fmt
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
 CONTEXT: dict[str, Any] = {
@@ -96,8 +97,6 @@ def _licenses(sources: dict[str, Any]) -> list[str]:
 
 
 def dataset_jsonld(manifest: dict[str, Any], name: str) -> dict[str, Any]:
-    from data_pipeline.tokens import format as fmt
-
     files = [file_object(manifest["provenance"], PARQUET, "one row per document: id, source, license, "
                          "url, source_version, shard and its global token range [token_start, token_end)")]
     for shard in manifest["shards"]:
@@ -128,7 +127,6 @@ def dataset_jsonld(manifest: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def mixture_jsonld(manifest: dict[str, Any], name: str) -> dict[str, Any]:
-    from data_pipeline.mixture.mix import SEQUENCE_COLUMNS
 
     seq = manifest["sequence"]
     files = [
@@ -148,7 +146,7 @@ def mixture_jsonld(manifest: dict[str, Any], name: str) -> dict[str, Any]:
         "version": manifest["schema"].split("/")[-1] + ".0.0",
         "citeAs": f"{name}: atom {manifest['kind']} (manifest schema {manifest['schema']})",
         "distribution": files,
-        "recordSet": [record_set("sequence", seq["table"]["path"], SEQUENCE_COLUMNS,
+        "recordSet": [record_set("sequence", seq["table"]["path"], fmt.SEQUENCE_COLUMNS,
                                  "documents in mixture order with source, license and repetition epoch")],
     }
 
@@ -162,8 +160,6 @@ def croissant_text(root: Path, manifest: dict[str, Any]) -> str:
     the sha256 of `root/manifest.json`, so the file is only right for the manifest bytes it was made from.
     `atom audit` regenerates it and compares byte for byte."""
     from core.manifest import sha256_file
-    from data_pipeline.tokens import format as fmt
-
     sha = sha256_file(root / fmt.MANIFEST)
     if manifest.get("schema") == fmt.MIXTURE_SCHEMA:
         doc = mixture_jsonld(manifest, _name(sha, "mixture"))
@@ -174,8 +170,6 @@ def croissant_text(root: Path, manifest: dict[str, Any]) -> str:
 
 def write_croissant(root: Path, manifest: dict[str, Any]) -> Path:
     """Write croissant.json next to the (already written) manifest.json it describes."""
-    from data_pipeline.tokens import format as fmt
-
     path = root / fmt.CROISSANT
     write_atomic(path, croissant_text(root, manifest))
     return path

@@ -20,7 +20,8 @@ from core.rundir import RunDir, write_json
 from core.stage import Stage
 from midtrain.config import Parent, find_parent
 from pretrain.checkpoint import CheckpointConfig, Checkpointer, checkpoint_digest
-from pretrain.engine import DCP_DIR, _AppState
+from pretrain.checkpoint_state import DCP_DIR, load_model_weights
+from pretrain.model.transformer import Transformer
 
 
 class SoupConfig(StageConfig):
@@ -37,8 +38,8 @@ class SoupConfig(StageConfig):
 
 
 def load_model_state(parent: Parent) -> dict[str, torch.Tensor]:
-    model = parent.model.build()
-    dcp.load({"app": _AppState(model, None)}, checkpoint_id=str(parent.checkpoint.path / DCP_DIR))
+    model = Transformer(parent.model)
+    load_model_weights(model, parent.checkpoint.path)
     return model.state_dict()
 
 

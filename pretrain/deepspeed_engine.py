@@ -19,11 +19,12 @@ import torch
 
 from core.config import ConfigError, deep_merge
 from pretrain.checkpoint import Checkpoint, Checkpointer
+from pretrain.checkpoint_state import DS_DIR
 from pretrain.config import PretrainConfig
+from pretrain.converters import build_converted
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.parallel import DistEnv, parallelize
 
-DS_DIR = "deepspeed"
 DS_TAG = "state"
 DEFAULT_BUCKET = 500_000_000
 MIN_BUCKET = 1_000_000
@@ -62,7 +63,8 @@ class DeepSpeedEngine:
         if cfg.init_from:
             raise ConfigError("init_from: weights-only initialisation is implemented for parallel.backend "
                               "'none'/'fsdp2'; convert the checkpoint or use fsdp2")
-        model = parallelize(cfg.model.build().to(env.device), cfg, env)
+        built, self._converters = build_converted(cfg)
+        model = parallelize(built.to(env.device), cfg, env)
         optimizer = build_optimizer(model, cfg.optimizer)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, env.world_size))
@@ -85,6 +87,8 @@ class DeepSpeedEngine:
             return None
         self.ds.step()  # clips to gradient_clipping, steps, zeroes
         self.ds.module.update_expert_bias()
+        for converter in self._converters:
+            converter.post_optimizer_step(self.ds.module)
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else 0.0
 

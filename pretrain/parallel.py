@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from core.config import ConfigError
+from pretrain.checkpoint_state import check_checkpoint_format
 from pretrain.config import PretrainConfig
 
 
@@ -47,8 +48,6 @@ def env_world() -> tuple[int, int, int]:
 def check_layout(cfg: PretrainConfig, world_size: int) -> None:
     """Refuse a layout that cannot work, before any process group exists (a backend unable to read the run
     directory's checkpoints included)."""
-    from pretrain.engine import check_checkpoint_format  # the engines import this module
-
     check_checkpoint_format(cfg)
     if world_size > 1 and cfg.parallel.backend == "none":
         raise ConfigError(f"parallel.backend=none trains one process, but the world size is {world_size}; "

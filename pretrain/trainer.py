@@ -158,7 +158,7 @@ class Trainer:
         engine.set_lr(lr)
         micro = cfg.trainer.micro_batch
         n_micro = batch.inputs.shape[0] // micro
-        totals = torch.zeros(3)
+        totals = torch.zeros(3, device=self.env.device)  # summed on the device: one host sync per step
         for i in range(n_micro):
             rows = slice(i * micro, (i + 1) * micro)
             doc_ids = batch.doc_ids[rows].to(self.env.device) if batch.doc_ids is not None else None
@@ -168,8 +168,8 @@ class Trainer:
                 ce = out.loss
                 loss = ce + out.aux_loss + out.z_loss
                 engine.backward(loss / n_micro)
-            totals += torch.stack([ce.detach(), out.aux_loss.detach(), out.z_loss.detach()]).float().cpu() / n_micro
-        totals = all_reduce_mean(totals)
+            totals += torch.stack([ce.detach(), out.aux_loss.detach(), out.z_loss.detach()]).float() / n_micro
+        totals = all_reduce_mean(totals).cpu()  # reduced where it lives (NCCL takes device tensors only)
         grad_norm = engine.step(cfg.optimizer.grad_clip, math.isfinite(totals.sum().item()))
         if grad_norm is None:
             return self._skip_nonfinite(totals[0].item())

@@ -155,15 +155,14 @@ def _final_metrics(path: Path) -> dict[str, float]:
 
 def export_weights(stage: StageRecord, out: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
     """The stage's checkpoint as Hugging Face safetensors + config.json + generation_config.json."""
-    import torch.distributed.checkpoint as dcp
-
-    from pretrain.engine import DCP_DIR, _AppState
+    from pretrain.checkpoint_state import load_model_weights
     from pretrain.model.config import MoEModelConfig
     from pretrain.model.hf_export import export_hf
+    from pretrain.model.transformer import Transformer
 
     cfg = MoEModelConfig.model_validate({**stage.model, "fp8": None})  # same weights, plain linears
-    model = cfg.build()
-    dcp.load({"app": _AppState(model, None)}, checkpoint_id=str(stage.checkpoint.path / DCP_DIR))
+    model = Transformer(cfg)
+    load_model_weights(model, stage.checkpoint.path)
     export_hf(model.eval(), out)
     config = json.loads((out / "config.json").read_text())
     config.update(bos_token_id=None, eos_token_id=tokenizer["eos_id"], pad_token_id=tokenizer.get("pad_id"))

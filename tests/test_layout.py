@@ -118,13 +118,11 @@ def test_packages_import_only_what_is_upstream_of_them() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="cycles in pretrain.model, pretrain engines, croissant/mix: being removed")
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="pretrain.engine._AppState used by midtrain and release: being renamed")
 def test_no_private_names_across_packages() -> None:
     wrong = []
     for mod, path in modules().items():

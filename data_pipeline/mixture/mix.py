@@ -30,13 +30,9 @@ from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, file_record, recorded_config, sha256_file
 from core.rundir import RunDir, write_json
 from core.stage import Stage
+from data_pipeline.croissant import write_croissant
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.reader import TokenDataset
-
-SEQUENCE_COLUMNS = {
-    "position": "int64", "dataset": "int32", "doc_index": "int64", "id": "string", "source": "string",
-    "license": "string", "epoch": "int32", "n_tokens": "int64", "mixture_start": "int64",
-}
 
 
 class SourceMix(ConfigModel):
@@ -138,8 +134,6 @@ def stage_inputs(config: MixConfig) -> dict[str, str]:
 
 
 def run(config: MixConfig) -> Path:
-    from data_pipeline.croissant import write_croissant
-
     goal = targets(config)
     datasets = _open_datasets(config)
     docs = _documents(datasets)

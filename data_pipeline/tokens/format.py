@@ -42,6 +42,11 @@ PROVENANCE_SCHEMA = pa.schema([
     ("token_start", pa.int64()),
     ("token_end", pa.int64()),
 ])
+# A mixture's sequence.parquet: one row per document in training order (written by mixture.mix).
+SEQUENCE_COLUMNS = {
+    "position": "int64", "dataset": "int32", "doc_index": "int64", "id": "string", "source": "string",
+    "license": "string", "epoch": "int32", "n_tokens": "int64", "mixture_start": "int64",
+}
 
 
 def shard_name(i: int) -> str:

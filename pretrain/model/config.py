@@ -1,4 +1,4 @@
-"""The model's configuration: one typed tree, validated when loaded, that builds the model.
+"""The model's configuration: one typed tree, validated when loaded; `Transformer(config)` builds the model.
 
 Every architectural choice lives here so that a YAML file in `configs/model/` describes a model fully,
 and so that sizes (parameters, FLOPs) can be computed from the config alone, before any weight exists.
@@ -7,14 +7,11 @@ Cross-field checks raise errors that name the offending key, at load time rather
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from core.config import ConfigModel
-
-if TYPE_CHECKING:
-    from pretrain.model.transformer import Transformer
 
 FP8_MULTIPLE = 16  # torch._scaled_mm needs both matmul dimensions divisible by 16
 
@@ -179,15 +176,3 @@ class MoEModelConfig(ConfigModel):
             matmul_weights += self.vocab_size * self.d_model
         attention = 12 * self.n_layers * self.n_heads * self.dim_per_head * seq_len
         return 6 * matmul_weights + attention
-
-    def build(self, fp8_all_gather: bool = False) -> Transformer:
-        """The model with freshly initialised weights (FP8-converted when `fp8` is set; `fp8_all_gather`
-        prepares the FP8 weights for FSDP2's float8 all-gather)."""
-        from pretrain.model.transformer import Transformer
-
-        model = Transformer(self)
-        if self.fp8 is not None:
-            from pretrain.model.fp8 import convert_to_fp8
-
-            convert_to_fp8(model, self.fp8.recipe, fsdp_all_gather=fp8_all_gather)
-        return model

@@ -88,11 +88,11 @@ def test_release_layout_and_card(trained: dict[str, Path]) -> None:
 
 
 def test_transformers_loads_the_trained_weights_offline(trained: dict[str, Path]) -> None:
-    import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pretrain.engine import _AppState
+    from pretrain.checkpoint_state import load_model_weights
     from pretrain.model.config import MoEModelConfig
+    from pretrain.model.transformer import Transformer
 
     rel = trained["release"]
     hf = AutoModelForCausalLM.from_pretrained(rel, local_files_only=True, dtype=torch.float32).eval()
@@ -101,8 +101,8 @@ def test_transformers_loads_the_trained_weights_offline(trained: dict[str, Path]
     out = hf.generate(ids, max_new_tokens=6, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 6 and isinstance(tok.decode(out[0]), str)
     cfg = MoEModelConfig.model_validate(json.loads((rel / "config.json").read_text())["atom_config"])
-    ours = cfg.build().eval()
-    dcp.load({"app": _AppState(ours, None)}, checkpoint_id=str(trained["run"] / "checkpoints/step_00000012/dcp"))
+    ours = Transformer(cfg).eval()
+    load_model_weights(ours, trained["run"] / "checkpoints/step_00000012")
     with torch.no_grad():
         assert (hf(ids).logits - ours(ids).logits).abs().max() <= 1e-4
 
@@ -249,13 +249,13 @@ def test_release_of_a_lineage(trained: dict[str, Path], tmp_path: Path) -> None:
 def test_release_of_a_run_balanced_by_selection_bias(trained: dict[str, Path], tmp_path: Path) -> None:
     """Auxiliary-loss-free balancing (sigmoid scores + a moving selection bias, DeepSeek-V3's default) is
     released as Dots1: transformers gives the trained model's logits, the bias included, and the audit passes."""
-    import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM
 
+    from pretrain.checkpoint_state import load_model_weights
     from pretrain.config import PretrainConfig
-    from pretrain.engine import _AppState
     from pretrain.model.config import MoEModelConfig
     from pretrain.model.hf_export import import_hf
+    from pretrain.model.transformer import Transformer
     from pretrain.stage import run
 
     base = tiny_pretrain(trained["data"], tmp_path / "biased", steps=4).to_dict()
@@ -263,8 +263,8 @@ def test_release_of_a_run_balanced_by_selection_bias(trained: dict[str, Path], t
     run(PretrainConfig.model_validate(base))
     rel = build_release(tmp_path / "biased", tmp_path / "rel")
     assert json.loads((rel / "release.json").read_text())["model"]["architecture"] == "Dots1ForCausalLM"
-    ours = MoEModelConfig.model_validate(base["model"]).build().eval()
-    dcp.load({"app": _AppState(ours, None)}, checkpoint_id=str(tmp_path / "biased/checkpoints/step_00000004/dcp"))
+    ours = Transformer(MoEModelConfig.model_validate(base["model"])).eval()
+    load_model_weights(ours, tmp_path / "biased/checkpoints/step_00000004")
     assert all(moe.router.expert_bias.abs().max() > 0 for moe in ours.moe_layers().values())  # the bias moved
     hf = AutoModelForCausalLM.from_pretrained(rel, local_files_only=True, dtype=torch.float32).eval()
     ids = torch.randint(0, ours.cfg.vocab_size, (2, 24))

@@ -7,11 +7,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from pretrain.checkpoint import COMPLETE, CheckpointConfig, Checkpointer, list_checkpoints
-from pretrain.engine import _AppState
+from pretrain.checkpoint_state import TrainState
 
 
 def writer(model, opt):
-    return lambda d: dcp.save({"app": _AppState(model, opt)}, checkpoint_id=str(d / "dcp"))
+    return lambda d: dcp.save({"app": TrainState(model, opt)}, checkpoint_id=str(d / "dcp"))
 
 
 def make(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -31,7 +31,7 @@ def test_save_load_roundtrip_and_retention(tmp_path: Path):
     assert [c.step for c in list_checkpoints(tmp_path)] == [5, 4, 2]
     other, other_opt = make(1)
     state = ckpt.load(ckpt.latest_valid(),
-                      lambda d: dcp.load({"app": _AppState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
+                      lambda d: dcp.load({"app": TrainState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
     assert state == {"step": 5}
     for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -68,7 +68,7 @@ def test_async_save_writes_the_state_of_its_step_while_training_goes_on(tmp_path
     at_save = {k: v.clone() for k, v in model.state_dict().items()}
 
     def write_async(d: Path):
-        return dcp.async_save({"app": _AppState(model, opt)}, checkpoint_id=str(d / "dcp"))
+        return dcp.async_save({"app": TrainState(model, opt)}, checkpoint_id=str(d / "dcp"))
 
     ckpt.save(1, write_async, {"step": 1}, blocking=False)
     assert list_checkpoints(tmp_path) == [] and (tmp_path / "step_00000001.partial").is_dir()
@@ -80,7 +80,7 @@ def test_async_save_writes_the_state_of_its_step_while_training_goes_on(tmp_path
     assert [c.step for c in list_checkpoints(tmp_path)] == [1] and ckpt.latest_valid().step == 1
     other, other_opt = make(1)
     ckpt.load(ckpt.latest_valid(),
-              lambda d: dcp.load({"app": _AppState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
+              lambda d: dcp.load({"app": TrainState(other, other_opt)}, checkpoint_id=str(d / "dcp")))
     assert all(torch.equal(at_save[k], v) for k, v in other.state_dict().items())
     ckpt.save(2, write_async, {"step": 2}, blocking=False)
     ckpt.save(3, write_async, {"step": 3}, blocking=False)  # completes 2 before starting 3

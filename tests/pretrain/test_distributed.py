@@ -224,3 +224,9 @@ def test_a_checkpoint_resumes_only_under_a_backend_that_reads_its_format(dataset
             assert f"written by parallel.backend {'deepspeed' if writer == 'deepspeed' else 'none or fsdp2'}" in line
             assert f"parallel.backend={other} cannot resume" in line, line
             assert {name: (run_dir / name).read_text() for name in before} == before
+        # starting a new run from the checkpoint (init_from) is refused the same way, at config time
+        ckpt = run_dir / "checkpoints" / "step_00000002"
+        line = refused(cfg_path, f"run.dir={tmp_path / (writer + '-child')}", f"init_from={ckpt}",
+                       f"parallel.backend={others[0]}", "trainer.max_steps=4")
+        assert f"{cfg_path}: init_from: " in line and not (tmp_path / (writer + "-child")).exists(), line
+        assert str(ckpt) in line if writer == "deepspeed" else "none or fsdp2 only" in line, line

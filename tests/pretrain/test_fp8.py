@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import load_config
+from pretrain.config import PretrainConfig
+from pretrain.converters import Float8Converter, build_converted, model_converters
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.fp8 import convert_to_fp8
-from pretrain.model.transformer import OutputHead
+from pretrain.model.transformer import OutputHead, Transformer
+from tests.pretrain.fixtures import tiny_pretrain
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 LOSS_TOLERANCE = 0.02  # relative difference of FP8 to fp32 loss, at every step of a short run
@@ -39,7 +42,7 @@ def test_fp8_filter_and_loss_close_to_fp32(recipe: str) -> None:
 
     torch.manual_seed(0)
     cfg = load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", f"fp8.recipe={recipe}"])
-    reference = cfg.model_copy(update={"fp8": None}).build()
+    reference = Transformer(cfg)
     fp8 = convert_to_fp8(copy.deepcopy(reference), recipe)
 
     assert type(fp8.lm_head) is OutputHead and type(fp8.embed) is nn.Embedding  # kept high precision
@@ -55,11 +58,17 @@ def test_fp8_filter_and_loss_close_to_fp32(recipe: str) -> None:
         assert abs(a - b) / a < LOSS_TOLERANCE, (fp32_losses, fp8_losses)
 
 
-def test_build_applies_fp8_from_config() -> None:
+def test_the_run_config_applies_fp8_as_a_converter_between_build_and_parallelize(tmp_path) -> None:
     from torchao.float8.float8_linear import Float8Linear
 
-    cfg = load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", "fp8.recipe=rowwise"])
-    model = cfg.build()
+    base = tiny_pretrain(tmp_path / "data", tmp_path / "run")
+    assert model_converters(base) == []
+    settings = base.to_dict()
+    settings["model"]["fp8"] = {"recipe": "rowwise"}
+    cfg = PretrainConfig.model_validate(settings)
+    assert type(Transformer(cfg.model).layers[1].attn.o_proj) is nn.Linear  # the config builds only the model
+    model, converters = build_converted(cfg)
+    assert [type(c) for c in converters] == [Float8Converter] and not converters[0].fsdp_all_gather
     assert isinstance(model.layers[1].attn.o_proj, Float8Linear)
     assert type(model.layers[1].mlp.router.gate) is nn.Linear
 
@@ -70,7 +79,7 @@ def test_build_applies_fp8_from_config() -> None:
 def test_fp8_on_cuda_bf16(recipe: str) -> None:
     torch.manual_seed(0)
     cfg = load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", [])
-    reference = cfg.build().cuda().to(torch.bfloat16)
+    reference = Transformer(cfg).cuda().to(torch.bfloat16)
     fp8 = convert_to_fp8(copy.deepcopy(reference), recipe)
     tokens = torch.randint(0, cfg.vocab_size, (8, 257), device="cuda")
     bf16_losses, fp8_losses = _train(reference, tokens, 5), _train(fp8, tokens, 5)
@@ -82,11 +91,10 @@ def test_fp8_all_gather_build_trains_on_cpu_in_one_process() -> None:
     """The float8 all-gather weights (FSDP2 over NCCL on GPU) still train as plain FP8 in one process."""
     torch.manual_seed(0)
     cfg = load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", "fp8.recipe=tensorwise"])
-    model = cfg.build(fp8_all_gather=True)
+    model = Float8Converter("tensorwise", fsdp_all_gather=True).convert(Transformer(cfg))
     assert model.layers[1].attn.o_proj.config.enable_fsdp_float8_all_gather
     tokens = torch.randint(0, cfg.vocab_size, (2, 33))
     losses = _train(model, tokens, 3)
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="tensorwise"):
-        load_config(MoEModelConfig, CONFIGS / "tiny_moe.yaml", ["vocab_size=512", "fp8.recipe=rowwise"]
-                    ).build(fp8_all_gather=True)
+        Float8Converter("rowwise", fsdp_all_gather=True).convert(Transformer(cfg))

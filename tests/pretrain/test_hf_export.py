@@ -12,6 +12,7 @@ import torch
 from core.config import ConfigError, load_config
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.hf_export import ATOM_KEY, export_hf, import_hf
+from pretrain.model.transformer import Transformer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
@@ -20,7 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 def _model(name: str, *overrides: str) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = load_config(MoEModelConfig, CONFIGS / f"{name}.yaml", ("vocab_size=1024", *overrides))
-    model = cfg.build().eval()
+    model = Transformer(cfg).eval()
     with torch.no_grad():  # norms away from one, so a mis-mapped norm weight cannot hide
         for name_, p in model.named_parameters():
             if name_.endswith("norm.weight"):

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pretrain.model import loss as loss_module
 from pretrain.model.loss import IGNORE_INDEX, linear_cross_entropy
+from pretrain.model.transformer import Transformer
 from tests.pretrain.fixtures import tiny_model
 
 
@@ -46,7 +47,7 @@ def test_model_trains_the_same_with_targets_as_with_logits(small_chunks):
     cfg = cfg.model_copy(update={"vocab_size": 100, "tie_embeddings": True,
                                  "moe": cfg.moe.model_copy(update={"backend": "loop"})})  # loop: takes fp64
     torch.manual_seed(0)
-    model = cfg.build().double()
+    model = Transformer(cfg).double()
     tokens = torch.randint(0, 100, (2, 17))
     x, y = tokens[:, :-1], tokens[:, 1:]
     fused = model(x, targets=y)

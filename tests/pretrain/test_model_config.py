@@ -12,6 +12,7 @@ from torch import nn
 from core.config import ConfigError, load_config
 from pretrain.model.config import MoEModelConfig
 from pretrain.model.moe import Experts
+from pretrain.model.transformer import Transformer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
@@ -38,7 +39,7 @@ def _active_params(model: nn.Module, cfg: MoEModelConfig) -> float:
 ])
 def test_param_counts_match_built_moe_model(overrides: tuple[str, ...]) -> None:
     cfg = _load("tiny_moe", *overrides)
-    model = cfg.build()
+    model = Transformer(cfg)
     assert cfg.num_params() == sum(p.numel() for p in model.parameters())
     assert cfg.num_params(active=True) == _active_params(model, cfg)
     assert cfg.num_params(active=True) < cfg.num_params()
@@ -46,7 +47,8 @@ def test_param_counts_match_built_moe_model(overrides: tuple[str, ...]) -> None:
 
 def test_param_counts_dense_and_olmoe() -> None:
     dense = _load("dense_small")
-    assert dense.num_params() == dense.num_params(active=True) == sum(p.numel() for p in dense.build().parameters())
+    built = sum(p.numel() for p in Transformer(dense).parameters())
+    assert dense.num_params() == dense.num_params(active=True) == built
     olmoe = _load("olmoe_1b_7b")  # too big to build in a test; the published figures are 6.9B / 1.3B
     assert 6.8e9 < olmoe.num_params() < 7.0e9
     assert 1.2e9 < olmoe.num_params(active=True) < 1.4e9
@@ -54,7 +56,7 @@ def test_param_counts_dense_and_olmoe() -> None:
 
 def test_flops_per_token_counts_matmul_weights() -> None:
     cfg = _load("tiny_moe", "tie_embeddings=true")
-    model = cfg.build()
+    model = Transformer(cfg)
     matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     matmul_weights += sum(_active_params(moe.experts, cfg) for moe in model.moe_layers().values())
     seq = 128
@@ -64,7 +66,7 @@ def test_flops_per_token_counts_matmul_weights() -> None:
 
 def test_tiny_step_runs() -> None:
     cfg = _load("tiny_moe", "vocab_size=512")
-    model = cfg.build()
+    model = Transformer(cfg)
     tokens = torch.randint(0, cfg.vocab_size, (2, 33))
     out = model(tokens[:, :-1])
     loss = nn.functional.cross_entropy(out.logits.flatten(0, 1), tokens[:, 1:].flatten())
@@ -96,4 +98,4 @@ def test_megablocks_backend_refused_where_it_does_not_import() -> None:
     except ImportError:
         pass
     with pytest.raises(ConfigError, match="moe.backend"):
-        _load("tiny_moe", "moe.backend=megablocks").build()
+        Transformer(_load("tiny_moe", "moe.backend=megablocks"))

@@ -13,6 +13,7 @@ from core.config import load_config
 from pretrain.model.config import MoEModelConfig, RopeConfig
 from pretrain.model.layers import Attention, RotaryEmbedding, rope_frequencies
 from pretrain.model.loss import IGNORE_INDEX
+from pretrain.model.transformer import Transformer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
@@ -79,8 +80,8 @@ def test_rope_tables_grow_for_longer_inputs(rope_cfg: RopeConfig) -> None:
 def test_model_beyond_max_seq_len_uses_the_grown_tables() -> None:
     """A model built for 8 positions, fed 24 tokens, equals the same weights built for 32 positions."""
     torch.manual_seed(0)
-    short = _tiny("max_seq_len=8").build().eval()
-    long = _tiny("max_seq_len=32").build().eval()
+    short = Transformer(_tiny("max_seq_len=8")).eval()
+    long = Transformer(_tiny("max_seq_len=32")).eval()
     long.load_state_dict(short.state_dict())
     tokens = torch.randint(0, 512, (2, 24))
     with torch.no_grad():
@@ -112,7 +113,7 @@ def test_gqa_equals_attention_with_repeated_kv_heads() -> None:
 
 def test_document_masking_isolates_packed_documents() -> None:
     torch.manual_seed(0)
-    model = _tiny().build().eval()
+    model = Transformer(_tiny()).eval()
     first, second = torch.randint(0, 512, (1, 12)), torch.randint(0, 512, (1, 20))
     packed = torch.cat([first, second], dim=1)
     doc_ids = torch.tensor([[0] * 12 + [1] * 20])
@@ -132,7 +133,7 @@ def test_document_masking_has_gradients() -> None:
     through every attention layer but none to the first document's tokens, and the parameter gradients
     of the packed batch equal those of the two documents trained one by one."""
     torch.manual_seed(0)
-    model = _tiny().build()
+    model = Transformer(_tiny())
     first, second = torch.randint(0, 512, (1, 7)), torch.randint(0, 512, (1, 11))
     packed = torch.cat([first, second], dim=1)
     inputs, targets = packed[:, :-1], packed[:, 1:].clone()
@@ -175,7 +176,7 @@ def test_document_masking_has_gradients() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_flex_document_mask_on_cuda_matches_cpu_mask() -> None:
-    model = _tiny().build()
+    model = Transformer(_tiny())
     tokens = torch.randint(0, 512, (2, 256))
     doc_ids = torch.cat([torch.zeros(2, 100, dtype=torch.long), torch.ones(2, 156, dtype=torch.long)], dim=1)
     with torch.no_grad():
