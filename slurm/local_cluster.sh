@@ -81,7 +81,7 @@ finally:
     s.close()
 EOF
     else
-        ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then return 1; fi  # something answers: taken
     fi
 }
 
@@ -150,9 +150,11 @@ ensure_hosts() {
     done
     if ((${#missing[@]})); then
         if [[ -w /etc/hosts ]] || [[ $(id -u) -eq 0 ]]; then
-            echo "127.0.0.1 ${missing[*]}  # atom local_cluster" >>/etc/hosts \
-                && log "added ${missing[*]} -> 127.0.0.1 to /etc/hosts" \
-                || log "warning: could not add ${missing[*]} to /etc/hosts"
+            if echo "127.0.0.1 ${missing[*]}  # atom local_cluster" >>/etc/hosts; then
+                log "added ${missing[*]} -> 127.0.0.1 to /etc/hosts"
+            else
+                log "warning: could not add ${missing[*]} to /etc/hosts"
+            fi
         else
             log "warning: ${missing[*]} not in /etc/hosts and it is not writable; node names will not resolve"
         fi
@@ -204,7 +206,7 @@ write_conf() {
     host="$(hostname -s)"
     cpus="$(nproc)"
     mem_kb="$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
-    mem_mb="${ATOM_SLURM_NODE_MEM_MB:-$((mem_kb / 1024 * 45 / 100))}"
+    mem_mb="${ATOM_SLURM_NODE_MEM_MB:-$((mem_kb * 45 / 100 / 1024))}"
     ctld_port="${ATOM_SLURM_CTLD_PORT:-$(next_free_port 16817)}"
     if [[ -n "${ATOM_SLURM_NODE_PORTS:-}" ]]; then
         read -r p1 p2 <<<"$ATOM_SLURM_NODE_PORTS"

