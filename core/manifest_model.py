@@ -18,8 +18,9 @@ from core.config import ConfigError
 V = TypeVar("V", bound="VersionedManifest")
 
 
-class ManifestError(ConfigError):
-    """A manifest file that does not validate against the schema version this atom reads."""
+class ManifestError(ConfigError, ValueError):
+    """A manifest file that does not validate against the schema version this atom reads (a ValueError too,
+    so an audit that reports unreadable records as a failed check reports this one the same way)."""
 
 
 class ManifestModel(BaseModel):

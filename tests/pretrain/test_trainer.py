@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from core.config import ConfigError
 from pretrain.checkpoint import KILL_AT, list_checkpoints
 from pretrain.stage import run as pretrain
 from pretrain.train_manifest import read_train_manifest
@@ -150,3 +152,33 @@ def test_compiled_training_matches_eager(dataset: Path, tmp_path: Path):
     we, wc = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
     assert we.keys() == wc.keys()
     assert all(torch.allclose(we[k], wc[k], rtol=1e-3, atol=1e-5) for k in we)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda lines: [lines[0].replace('"atom.train_tokens/1"', '"atom.train_tokens/7"'), *lines[1:]],
+     "line 1: schema 'atom.train_tokens/7' is not a version this atom reads"),
+    (lambda lines: [lines[0].replace('"seq_len": ', '"seq_len": "'), *lines[1:]], "line 1: not valid JSON"),
+    (lambda lines: [lines[0], lines[1].replace('"tokens": ', '"tokens": -'), *lines[2:]],
+     "line 2 (atom.train_tokens/1 step record): tokens: input should be greater than or equal to 0"),
+    (lambda lines: [lines[0].replace('"seed": ', '"seeds": '), *lines[1:]], "seeds: extra inputs are not permitted"),
+])
+def test_a_training_manifest_is_validated_on_read(tmp_path: Path, edit, named: str) -> None:
+    """What the release builder, the audit and `init_from` read is refused, naming the line and the key or the
+    schema version, when it is not the format this atom writes; the untouched file reads back as written."""
+    from pretrain.train_manifest import TrainManifest, read_train_manifest
+
+    class Loader:
+        batches_per_epoch = 3
+
+    path = tmp_path / "train_tokens.jsonl"
+    stream = {"path": "data", "manifest_sha256": "0" * 64, "schema": "atom.tokens/1", "n_tokens": 100,
+              "tokenizer_sha256": "1" * 64, "held_out": [2], "held_out_documents": [[64, 80]],
+              "held_out_keys": ["00000000000000ff"]}
+    manifest = TrainManifest(path)
+    manifest.write_header(stream, tiny_pretrain(tmp_path / "data", tmp_path / "run"), Loader())
+    manifest.record(1, 0, 128)
+    header, records = read_train_manifest(path)
+    assert header["stream"] == stream and records == [{"step": 1, "batch": 0, "tokens": 128}]
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        read_train_manifest(path)
