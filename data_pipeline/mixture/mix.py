@@ -133,16 +133,47 @@ def stage_inputs(config: MixConfig) -> dict[str, str]:
     return {f"datasets.{i}": path for i, path in enumerate(config.datasets)}
 
 
+Available = dict[str, tuple[np.ndarray, int]]  # source -> (its rows in the document table, its tokens)
+
+
 def run(config: MixConfig) -> Path:
     goal = targets(config)
     datasets = _open_datasets(config)
     docs = _documents(datasets)
-    source_col = docs.column("source").to_numpy(zero_copy_only=False)
     lengths_all = docs.column("length").to_numpy()
+    available = _available(docs, lengths_all)
+    _check_reachable(config, goal, available)
+
+    rundir = RunDir.claim(config.run.dir, "mix", config, overwrite=config.run.overwrite,
+                          inputs=stage_inputs(config))
+    log = rundir.logger()
+    root = rundir.path
+    for name in (fmt.SEQUENCE_ARRAY, fmt.SEQUENCE_TABLE, fmt.MANIFEST, fmt.CROISSANT):
+        (root / name).unlink(missing_ok=True)
+
+    rows, epoch = _sequence_order(config, goal, available, lengths_all)
+    picked = docs.take(pa.array(rows))
+    lengths = _write_sequence(root, picked, epoch)
+    manifest = _manifest(config, goal, available, datasets, root, picked, epoch, lengths)
+    write_json(root / fmt.MANIFEST, manifest)
+    write_croissant(root, manifest)
+    log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), manifest["n_tokens"],
+             config.target_tokens, ", ".join(goal), root)
+    print_summary(root, manifest)
+    return root
+
+
+def _available(docs: pa.Table, lengths_all: np.ndarray) -> Available:
+    source_col = docs.column("source").to_numpy(zero_copy_only=False)
     available = {}
     for name in sorted(set(source_col.tolist())):
         mask = source_col == name
         available[name] = (np.flatnonzero(mask), int(lengths_all[mask].sum()))
+    return available
+
+
+def _check_reachable(config: MixConfig, goal: dict[str, int], available: Available) -> None:
+    """Refuse, before any run directory exists, a target a source cannot reach within its repetition cap."""
     problems = []
     for name, tokens in goal.items():
         if name not in available:
@@ -160,13 +191,10 @@ def run(config: MixConfig) -> Path:
         raise ConfigError("mix: cannot build this mixture: " + "; ".join(problems)
                           + " (lower the ratio, raise max_repetitions or add data)")
 
-    rundir = RunDir.claim(config.run.dir, "mix", config, overwrite=config.run.overwrite,
-                          inputs=stage_inputs(config))
-    log = rundir.logger()
-    root = rundir.path
-    for name in (fmt.SEQUENCE_ARRAY, fmt.SEQUENCE_TABLE, fmt.MANIFEST, fmt.CROISSANT):
-        (root / name).unlink(missing_ok=True)
 
+def _sequence_order(config: MixConfig, goal: dict[str, int], available: Available,
+                    lengths_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The picked document rows and their epochs, each source spread evenly along the sequence."""
     chosen, epochs, keys, ranks = [], [], [], []
     for rank, (name, tokens) in enumerate(goal.items()):
         rows, _ = available[name]
@@ -181,10 +209,12 @@ def run(config: MixConfig) -> Path:
     rows = np.concatenate(chosen)
     epoch = np.concatenate(epochs)
     order = np.lexsort((np.concatenate(ranks), np.concatenate(keys)))
-    rows, epoch = rows[order], epoch[order]
+    return rows[order], epoch[order]
 
-    picked = docs.take(pa.array(rows))
-    seq = np.zeros(len(rows), dtype=fmt.SEQUENCE_DTYPE)
+
+def _write_sequence(root: Path, picked: pa.Table, epoch: np.ndarray) -> np.ndarray:
+    """sequence.npy and sequence.parquet of the picked documents; their token lengths."""
+    seq = np.zeros(picked.num_rows, dtype=fmt.SEQUENCE_DTYPE)
     seq["dataset"] = picked.column("dataset").to_numpy()
     seq["shard"] = picked.column("shard").to_numpy()
     seq["start"] = picked.column("start").to_numpy()
@@ -196,7 +226,7 @@ def run(config: MixConfig) -> Path:
         np.save(fh, seq, allow_pickle=False)
     lengths = seq["length"].astype(np.int64)
     table = pa.table({
-        "position": pa.array(np.arange(len(rows)), pa.int64()),
+        "position": pa.array(np.arange(picked.num_rows), pa.int64()),
         "dataset": picked.column("dataset"),
         "doc_index": picked.column("doc_index"),
         "id": picked.column("id"),
@@ -207,7 +237,11 @@ def run(config: MixConfig) -> Path:
         "mixture_start": pa.array(np.cumsum(lengths) - lengths, pa.int64()),
     })
     pq.write_table(table, root / fmt.SEQUENCE_TABLE, compression="zstd", row_group_size=fmt.PROVENANCE_ROW_GROUP)
+    return lengths
 
+
+def _source_summaries(config: MixConfig, goal: dict[str, int], available: Available, picked: pa.Table,
+                      epoch: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
     n_tokens = int(lengths.sum())
     picked_source = picked.column("source").to_numpy(zero_copy_only=False)
     picked_license = picked.column("license").to_numpy(zero_copy_only=False)
@@ -230,8 +264,13 @@ def run(config: MixConfig) -> Path:
             "max_repetitions": config.sources[name].max_repetitions or config.max_repetitions,
             "licenses": {str(lic): int(c) for lic, c in zip(licenses, counts, strict=True)},
         }
+    return sources
+
+
+def _manifest(config: MixConfig, goal: dict[str, int], available: Available, datasets: list[TokenDataset],
+              root: Path, picked: pa.Table, epoch: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
     excluded = {name: {"tokens": have, "docs": len(r)} for name, (r, have) in available.items() if name not in goal}
-    manifest = {
+    return {
         "schema": fmt.MIXTURE_SCHEMA,
         "kind": "mixture",
         "code_version": code_version(),
@@ -248,20 +287,14 @@ def run(config: MixConfig) -> Path:
             for ds in datasets
         ],
         "target_tokens": config.target_tokens,
-        "n_tokens": n_tokens,
-        "n_docs": len(rows),
-        "sources": sources,
+        "n_tokens": int(lengths.sum()),
+        "n_docs": picked.num_rows,
+        "sources": _source_summaries(config, goal, available, picked, epoch, lengths),
         "excluded_sources": excluded,
         "sequence": {"array": file_record(root / fmt.SEQUENCE_ARRAY, root),
                      "table": file_record(root / fmt.SEQUENCE_TABLE, root)},
         "curation": [ds.manifest.get("curation") for ds in datasets],
     }
-    write_json(root / fmt.MANIFEST, manifest)
-    write_croissant(root, manifest)
-    log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), n_tokens,
-             config.target_tokens, ", ".join(goal), root)
-    print_summary(root, manifest)
-    return root
 
 
 def print_summary(root: Path, manifest: dict[str, Any]) -> None:
