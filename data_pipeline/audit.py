@@ -164,7 +164,6 @@ def _tokenizer_facts(root: Path, tok: dict[str, Any], report: AuditReport, prefi
 
 def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, allow, prefix: str) -> None:
     mname = prefix + fmt.MANIFEST
-    tok_name = f"{fmt.TOKENIZER_DIR}/{TOKENIZER_FILE}"
     try:
         shards = manifest["shards"]
         tok = manifest["tokenizer"]
@@ -179,13 +178,49 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.summary.update({"tokens": n_tokens, "documents": n_docs, "shards": len(shards)})
     agree(report, mname, "kind", manifest.get("kind"), "dataset", f"schema {fmt.DATASET_SCHEMA}")
     agree(report, mname, "eos_appended", manifest.get("eos_appended"), True, f"schema {fmt.DATASET_SCHEMA}")
+    eos, vocab, dtype = _dataset_tokenizer(root, manifest, report, prefix, (eos, vocab, dtype_name))
 
-    # The tokenizer's numbers come from its hashed files; the shards are then read with those, so an
-    # edited manifest value fails here, on manifest.json, and not as a property of the shards.
+    # Shards: hashes, then counts recounted from the files themselves.
+    ends_global: list[np.ndarray] = []
+    token_total = doc_total = 0
+    listed = set()
+    for i, shard in enumerate(shards):
+        listed.update({shard["path"], shard["index"]["path"]})
+        ends, tokens_in, docs_in = _dataset_shard(root, shard, i, len(shards), token_total, doc_total, config,
+                                                  (eos, vocab, dtype), report, prefix)
+        if ends is not None:
+            ends_global.append(ends.astype(np.int64) + token_total)
+        token_total += tokens_in
+        doc_total += docs_in
+    report.add(mname, "total tokens", token_total == n_tokens,
+               f"n_tokens {n_tokens}, the shards hold {token_total}")
+    report.add(mname, "total documents", doc_total == n_docs,
+               f"n_docs {n_docs}, the shards' indices hold {doc_total}")
+    on_disk = {p.relative_to(root).as_posix() for p in (root / fmt.TOKENS_DIR).glob("*")} if (
+        root / fmt.TOKENS_DIR).is_dir() else set()
+    for extra in sorted(on_disk - listed):
+        report.add(prefix + extra, "listed in manifest", False, "file in tokens/ that the manifest does not list")
+
+    _dataset_provenance(root, manifest, report, prefix, allow, ends_global, (token_total, doc_total))
+    for name, entry in manifest.get("sources", {}).items():
+        report.add(mname, "source has a license", bool(entry.get("licenses")) and all(
+            isinstance(k, str) and k.strip() for k in entry.get("licenses", {})),
+            f"source {name!r} lists no license")
+    _audit_curation(root, manifest, report, mname, summarize=not prefix)
+    _audit_croissant(root, manifest, report, prefix)
+
+
+def _dataset_tokenizer(root: Path, manifest: dict[str, Any], report: AuditReport, prefix: str,
+                       stated: tuple[int, int, str]) -> tuple[int, int, np.dtype]:
+    """EOS id, vocabulary and token dtype as the tokenizer's hashed files give them (the shards are then
+    read with those, so an edited manifest value fails here, on manifest.json, not on the shards)."""
+    mname, tok, config = prefix + fmt.MANIFEST, manifest["tokenizer"], manifest.get("config") or {}
+    eos, vocab, dtype_name = stated
     facts = _tokenizer_facts(root, tok, report, prefix)
     if facts is not None:
         for key, value in facts.items():
-            agree(report, mname, f"tokenizer.{key}", tok.get(key), value, prefix + tok_name)
+            agree(report, mname, f"tokenizer.{key}", tok.get(key), value,
+                  f"{prefix}{fmt.TOKENIZER_DIR}/{TOKENIZER_FILE}")
         eos, vocab = int(facts["eos_id"]), int(facts["vocab_size"])
         try:
             expected_dtype = fmt.choose_dtype(vocab, config.get("dtype", "auto"))
@@ -196,72 +231,65 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
         dtype_name = expected_dtype if expected_dtype in fmt.DTYPES else dtype_name
     dtype = np.dtype(fmt.DTYPES[dtype_name]).newbyteorder("<")
     report.add(mname, "vocab fits dtype", vocab <= np.iinfo(dtype).max + 1, f"vocab {vocab} > {dtype.name}")
+    return eos, vocab, dtype
 
-    # Shards: hashes, then counts recounted from the files themselves.
-    ends_global: list[np.ndarray] = []
-    token_total = doc_total = 0
-    listed = set()
-    for i, shard in enumerate(shards):
-        name = prefix + shard["path"]
-        listed.update({shard["path"], shard["index"]["path"]})
-        agree(report, mname, f"shards[{i}].path", [shard["path"], shard["index"]["path"]],
-               [fmt.shard_name(i), fmt.shard_name(i) + fmt.INDEX_SUFFIX], f"the shard layout of {fmt.DATASET_SCHEMA}")
-        ok_tokens = _file(report, shard, root, prefix, f"shards[{i}]")
-        ok_index = _file(report, shard["index"], root, prefix, f"shards[{i}].index")
-        report.add(mname, "shard offsets", shard["token_offset"] == token_total and shard["doc_offset"] == doc_total,
-                   f"shards[{i}].token_offset/doc_offset ({shard['path']}): {shard['token_offset']}/"
-                   f"{shard['doc_offset']}, the shards before it sum to {token_total}/{doc_total}")
-        ends = None
-        if (root / shard["index"]["path"]).is_file():
-            ends = np.fromfile(root / shard["index"]["path"], dtype="<u8")
-            report.add(mname, "document count", len(ends) == shard["n_docs"],
-                       f"shards[{i}].n_docs ({shard['path']}): {shard['n_docs']} documents recorded, "
-                       f"{len(ends)} in {shard['index']['path']}")
-            report.add(prefix + shard["index"]["path"], "document ends increase",
-                       bool(len(ends) == 0 or (ends[0] > 0 and np.all(np.diff(ends.astype(np.int64)) > 0))),
-                       "document ends are not strictly increasing")
-            ends_global.append(ends.astype(np.int64) + token_total)
-            doc_total += len(ends)
-        else:
-            doc_total += int(shard["n_docs"])
-        path = root / shard["path"]
-        if path.is_file():
-            size = path.stat().st_size
-            counted = size // dtype.itemsize
-            token_total += counted
-            report.add(mname, "token count", size % dtype.itemsize == 0 and counted == shard["n_tokens"],
-                       f"shards[{i}].n_tokens ({shard['path']}): {shard['n_tokens']} tokens recorded, "
-                       f"{size} bytes = {counted} {dtype.name} tokens in the file")
-            cap = config.get("shard_tokens")
-            if isinstance(cap, int) and ends is not None and len(ends) and int(ends[-1]) == counted:
-                # tokenize closes a shard at the first document that brings it to shard_tokens
-                before_last = int(ends[-2]) if len(ends) > 1 else 0
-                report.add(mname, "config.shard_tokens", before_last < cap and (i == len(shards) - 1 or counted >= cap),
-                           f"shards[{i}] ({shard['path']}) holds {counted} tokens, {before_last} before its last "
-                           f"document: not how tokenize splits at config.shard_tokens {cap}")
-            if counted:
-                tokens = np.memmap(path, dtype=dtype, mode="r")
-                top = max(int(tokens[j:j + CHUNK].max()) for j in range(0, len(tokens), CHUNK))
-                report.add(name, "token ids within vocab", top < vocab, f"id {top} >= vocab {vocab}")
-                if ends is not None and ok_index and ok_tokens and len(ends) and int(ends[-1]) == counted:
-                    at_end = tokens[ends.astype(np.int64) - 1]
-                    report.add(name, "end-of-document token after every document", bool(np.all(at_end == eos)),
-                               f"{int(np.sum(at_end != eos))} document(s) do not end with EOS id {eos}")
-                elif ends is not None:
-                    report.add(name, "index covers the shard", len(ends) > 0 and int(ends[-1]) == counted,
-                               f"last document end {int(ends[-1]) if len(ends) else 0} != {counted} tokens")
-        else:
-            token_total += int(shard["n_tokens"])
-    report.add(mname, "total tokens", token_total == n_tokens,
-               f"n_tokens {n_tokens}, the shards hold {token_total}")
-    report.add(mname, "total documents", doc_total == n_docs,
-               f"n_docs {n_docs}, the shards' indices hold {doc_total}")
-    on_disk = {p.relative_to(root).as_posix() for p in (root / fmt.TOKENS_DIR).glob("*")} if (
-        root / fmt.TOKENS_DIR).is_dir() else set()
-    for extra in sorted(on_disk - listed):
-        report.add(prefix + extra, "listed in manifest", False, "file in tokens/ that the manifest does not list")
 
-    # Provenance: covers every token once, agrees with the shard indices, licenses, per-source counts.
+def _dataset_shard(root: Path, shard: dict[str, Any], i: int, n_shards: int, token_total: int, doc_total: int,
+                   config: dict[str, Any], ids: tuple[int, int, np.dtype], report: AuditReport,
+                   prefix: str) -> tuple[np.ndarray | None, int, int]:
+    """One shard and its index: hashes, offsets, counts, ids, EOS placement, the shard_tokens split.
+    Returns its document ends (None without an index) and the tokens and documents it holds."""
+    eos, vocab, dtype = ids
+    mname, name = prefix + fmt.MANIFEST, prefix + shard["path"]
+    agree(report, mname, f"shards[{i}].path", [shard["path"], shard["index"]["path"]],
+           [fmt.shard_name(i), fmt.shard_name(i) + fmt.INDEX_SUFFIX], f"the shard layout of {fmt.DATASET_SCHEMA}")
+    ok_tokens = _file(report, shard, root, prefix, f"shards[{i}]")
+    ok_index = _file(report, shard["index"], root, prefix, f"shards[{i}].index")
+    report.add(mname, "shard offsets", shard["token_offset"] == token_total and shard["doc_offset"] == doc_total,
+               f"shards[{i}].token_offset/doc_offset ({shard['path']}): {shard['token_offset']}/"
+               f"{shard['doc_offset']}, the shards before it sum to {token_total}/{doc_total}")
+    ends = None
+    if (root / shard["index"]["path"]).is_file():
+        ends = np.fromfile(root / shard["index"]["path"], dtype="<u8")
+        report.add(mname, "document count", len(ends) == shard["n_docs"],
+                   f"shards[{i}].n_docs ({shard['path']}): {shard['n_docs']} documents recorded, "
+                   f"{len(ends)} in {shard['index']['path']}")
+        report.add(prefix + shard["index"]["path"], "document ends increase",
+                   bool(len(ends) == 0 or (ends[0] > 0 and np.all(np.diff(ends.astype(np.int64)) > 0))),
+                   "document ends are not strictly increasing")
+    docs_in = len(ends) if ends is not None else int(shard["n_docs"])
+    path = root / shard["path"]
+    if not path.is_file():
+        return ends, int(shard["n_tokens"]), docs_in
+    size = path.stat().st_size
+    counted = size // dtype.itemsize
+    report.add(mname, "token count", size % dtype.itemsize == 0 and counted == shard["n_tokens"],
+               f"shards[{i}].n_tokens ({shard['path']}): {shard['n_tokens']} tokens recorded, "
+               f"{size} bytes = {counted} {dtype.name} tokens in the file")
+    cap = config.get("shard_tokens")
+    if isinstance(cap, int) and ends is not None and len(ends) and int(ends[-1]) == counted:
+        # tokenize closes a shard at the first document that brings it to shard_tokens
+        before_last = int(ends[-2]) if len(ends) > 1 else 0
+        report.add(mname, "config.shard_tokens", before_last < cap and (i == n_shards - 1 or counted >= cap),
+                   f"shards[{i}] ({shard['path']}) holds {counted} tokens, {before_last} before its last "
+                   f"document: not how tokenize splits at config.shard_tokens {cap}")
+    if counted:
+        tokens = np.memmap(path, dtype=dtype, mode="r")
+        top = max(int(tokens[j:j + CHUNK].max()) for j in range(0, len(tokens), CHUNK))
+        report.add(name, "token ids within vocab", top < vocab, f"id {top} >= vocab {vocab}")
+        if ends is not None and ok_index and ok_tokens and len(ends) and int(ends[-1]) == counted:
+            at_end = tokens[ends.astype(np.int64) - 1]
+            report.add(name, "end-of-document token after every document", bool(np.all(at_end == eos)),
+                       f"{int(np.sum(at_end != eos))} document(s) do not end with EOS id {eos}")
+        elif ends is not None:
+            report.add(name, "index covers the shard", len(ends) > 0 and int(ends[-1]) == counted,
+                       f"last document end {int(ends[-1]) if len(ends) else 0} != {counted} tokens")
+    return ends, counted, docs_in
+
+
+def _dataset_provenance(root: Path, manifest: dict[str, Any], report: AuditReport, prefix: str, allow,
+                        ends_global: list[np.ndarray], totals: tuple[int, int]) -> None:
+    """Provenance covers every token once and agrees with the shard indices, licenses and per-source counts."""
     prov_rec = manifest.get("provenance", {})
     pname = prefix + prov_rec.get("path", fmt.PROVENANCE)
     if _file(report, prov_rec, root, prefix, "provenance") or (root / prov_rec["path"]).is_file():
@@ -269,18 +297,9 @@ def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, al
             table = pq.read_table(root / prov_rec["path"])
         except Exception as exc:  # noqa: BLE001 - any unreadable Parquet is a failed check
             report.add(pname, "readable Parquet", False, str(exc))
-            table = None
-        if table is not None:
-            audit_provenance(table, manifest, ends_global, report, pname, mname, allow, summarize=not prefix,
-                              totals=(token_total, doc_total))
-
-    sources = manifest.get("sources", {})
-    for name, entry in sources.items():
-        report.add(mname, "source has a license", bool(entry.get("licenses")) and all(
-            isinstance(k, str) and k.strip() for k in entry.get("licenses", {})),
-            f"source {name!r} lists no license")
-    _audit_curation(root, manifest, report, mname, summarize=not prefix)
-    _audit_croissant(root, manifest, report, prefix)
+            return
+        audit_provenance(table, manifest, ends_global, report, pname, prefix + fmt.MANIFEST, allow,
+                         summarize=not prefix, totals=totals)
 
 
 def _curated_run_of(root: Path) -> Path | None:
