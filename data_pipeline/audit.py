@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -428,6 +429,9 @@ def _audit_croissant(root: Path, manifest: dict[str, Any], report: AuditReport, 
     report.add(name, "regenerated from manifest.json byte for byte", False, detail)
 
 
+Provenance = tuple[pa.Table, dict[str, tuple[int, int]]]  # a dataset's provenance, shard path -> (index, offset)
+
+
 def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, allow) -> None:
     mname = fmt.MANIFEST
     try:
@@ -441,9 +445,49 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
     report.summary.update({"tokens": n_tokens, "documents": n_docs, "datasets": len(entries)})
     ok_seq = _file(report, seq_rec, root, "", "sequence.array")
     _file(report, table_rec, root, "", "sequence.table")
+    provenance, ds_manifests = _mixture_datasets(root, entries, report, allow)
+    _mixture_inherited(manifest, entries, ds_manifests, report)
+    if not (root / seq_rec["path"]).is_file() or not (root / table_rec["path"]).is_file():
+        return
+    try:
+        seq = np.load(root / seq_rec["path"], mmap_mode="r", allow_pickle=False)
+        table = pq.read_table(root / table_rec["path"])
+    except Exception as exc:  # noqa: BLE001
+        report.add(seq_rec["path"] if not ok_seq else table_rec["path"], "readable", False, str(exc))
+        return
+    if not report.add(seq_rec["path"], "record layout", seq.dtype == fmt.SEQUENCE_DTYPE, f"dtype {seq.dtype}"):
+        return
+    lengths = seq["length"].astype(np.int64)
+    _mixture_sequence(seq, table, lengths, manifest, report)
+    ids, sources, licenses = _mixture_documents(seq, lengths, provenance, entries, report, seq_rec["path"])
+    if table.num_rows == len(seq):
+        for column, values in (("id", ids), ("source", sources), ("license", licenses)):
+            report.add(table_rec["path"], f"{column} matches dataset provenance",
+                       table.column(column).to_pylist() == values.tolist(), f"column {column} differs")
+        _licenses(report, table_rec["path"], np.array(table.column("license").to_pylist(), dtype=object),
+                  np.array(table.column("id").to_pylist(), dtype=object), allow)
 
-    # The referenced datasets: pinned by manifest hash, and audited themselves.
-    provenance = []
+    # Realised counts and the repetition cap, recounted.
+    recorded = manifest.get("sources", {})
+    for name, entry in recorded.items():
+        cap, have = entry.get("max_repetitions"), entry.get("available_tokens")
+        within = cap is not None and have and entry.get("target_tokens", float("inf")) <= cap * have
+        report.add(mname, "repetition cap", bool(within),
+                   f"source {name!r}: target {entry.get('target_tokens')} > cap {cap} x {have} available tokens")
+        report.add(mname, "source has a license", bool(entry.get("licenses")), f"source {name!r} lists no license")
+    unlisted = sorted({s for s in sources.tolist() if s is not None} - set(recorded))
+    report.add(mname, "every sequence source recorded", not unlisted, f"sources {unlisted} not in manifest")
+    if all(p is not None for p in provenance):
+        _mixture_sources(manifest, seq, sources, licenses, [p[0] for p in provenance if p is not None], report)
+    report.summary["sources"] = len(recorded)
+    report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if isinstance(v, str) and v}))
+    _audit_croissant(root, manifest, report, "")
+
+
+def _mixture_datasets(root: Path, entries: list[dict[str, Any]], report: AuditReport,
+                      allow) -> tuple[list[Provenance | None], list[dict[str, Any] | None]]:
+    """The referenced datasets: pinned by manifest hash and audited themselves; their provenance and manifests."""
+    provenance: list[Provenance | None] = []
     ds_manifests: list[dict[str, Any] | None] = []
     for i, entry in enumerate(entries):
         ds_root = root / entry["path"]
@@ -463,41 +507,40 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
             continue
         _audit_dataset(ds_root, ds_manifest, report, allow, prefix)
         for key in ("n_tokens", "n_docs"):
-            agree(report, mname, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
-                   prefix + fmt.MANIFEST)
+            agree(report, fmt.MANIFEST, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
+                  prefix + fmt.MANIFEST)
         try:
             prov = pq.read_table(ds_root / ds_manifest["provenance"]["path"])
             offsets = {s["path"]: (j, s["token_offset"]) for j, s in enumerate(ds_manifest["shards"])}
             provenance.append((prov, offsets))
         except Exception:  # noqa: BLE001 - reported by the dataset audit above
             provenance.append(None)
+    return provenance, ds_manifests
 
-    _mixture_inherited(manifest, entries, ds_manifests, report)
-    if not (root / seq_rec["path"]).is_file() or not (root / table_rec["path"]).is_file():
-        return
-    try:
-        seq = np.load(root / seq_rec["path"], mmap_mode="r", allow_pickle=False)
-        table = pq.read_table(root / table_rec["path"])
-    except Exception as exc:  # noqa: BLE001
-        report.add(seq_rec["path"] if not ok_seq else table_rec["path"], "readable", False, str(exc))
-        return
-    if not report.add(seq_rec["path"], "record layout", seq.dtype == fmt.SEQUENCE_DTYPE, f"dtype {seq.dtype}"):
-        return
-    lengths = seq["length"].astype(np.int64)
-    report.add(mname, "document count", len(seq) == n_docs, f"n_docs {n_docs}, {len(seq)} in {seq_rec['path']}")
-    report.add(mname, "token count", int(lengths.sum()) == n_tokens,
-               f"n_tokens {n_tokens}, {int(lengths.sum())} in {seq_rec['path']}")
-    report.add(seq_rec["path"], "cumulative ends", np.array_equal(seq["end"].astype(np.int64), np.cumsum(lengths)),
+
+def _mixture_sequence(seq: np.ndarray, table: pa.Table, lengths: np.ndarray, manifest: dict[str, Any],
+                      report: AuditReport) -> None:
+    """sequence.npy's counts and running ends, and sequence.parquet row for row against it."""
+    seq_path, table_path = manifest["sequence"]["array"]["path"], manifest["sequence"]["table"]["path"]
+    n_tokens, n_docs = int(manifest["n_tokens"]), int(manifest["n_docs"])
+    report.add(fmt.MANIFEST, "document count", len(seq) == n_docs, f"n_docs {n_docs}, {len(seq)} in {seq_path}")
+    report.add(fmt.MANIFEST, "token count", int(lengths.sum()) == n_tokens,
+               f"n_tokens {n_tokens}, {int(lengths.sum())} in {seq_path}")
+    report.add(seq_path, "cumulative ends", np.array_equal(seq["end"].astype(np.int64), np.cumsum(lengths)),
                "end is not the running sum of length")
-    report.add(table_rec["path"], "one row per sequence entry", table.num_rows == len(seq),
+    report.add(table_path, "one row per sequence entry", table.num_rows == len(seq),
                f"{table.num_rows} rows, {len(seq)} entries")
     if table.num_rows == len(seq):
         same = (np.array_equal(table.column("n_tokens").to_numpy(), lengths)
                 and np.array_equal(table.column("doc_index").to_numpy(), seq["doc"].astype(np.int64))
                 and np.array_equal(table.column("epoch").to_numpy(), seq["epoch"].astype(np.int64)))
-        report.add(table_rec["path"], f"agrees with {seq_rec['path']}", same, "documents, lengths or epochs differ")
+        report.add(table_path, f"agrees with {seq_path}", same, "documents, lengths or epochs differ")
 
-    # Every referenced document exists with exactly these tokens, id, source and license.
+
+def _mixture_documents(seq: np.ndarray, lengths: np.ndarray, provenance: list[Provenance | None],
+                       entries: list[dict[str, Any]], report: AuditReport,
+                       seq_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every referenced document exists with exactly these tokens; its id, source and license per entry."""
     ids = np.empty(len(seq), dtype=object)
     sources = np.empty(len(seq), dtype=object)
     licenses = np.empty(len(seq), dtype=object)
@@ -508,7 +551,7 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         table_d, offsets = prov
         docs = seq["doc"][mask].astype(np.int64)
         if docs.max() >= table_d.num_rows:
-            report.add(seq_rec["path"], "references existing documents", False,
+            report.add(seq_path, "references existing documents", False,
                        f"document {int(docs.max())} beyond dataset {entries[d]['path']}")
             continue
         start = table_d.column("token_start").to_numpy()[docs]
@@ -519,33 +562,12 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         spans_ok = (np.array_equal(seq["shard"][mask].astype(np.int64), shard_idx)
                     and np.array_equal(seq["start"][mask].astype(np.int64), start - shard_off)
                     and np.array_equal(lengths[mask], end - start))
-        report.add(seq_rec["path"], f"spans are whole documents of {entries[d]['path']}", spans_ok,
+        report.add(seq_path, f"spans are whole documents of {entries[d]['path']}", spans_ok,
                    "shard/start/length differ from the dataset's provenance")
         ids[mask] = np.array(table_d.column("id").to_pylist(), dtype=object)[docs]
         sources[mask] = np.array(table_d.column("source").to_pylist(), dtype=object)[docs]
         licenses[mask] = np.array(table_d.column("license").to_pylist(), dtype=object)[docs]
-    if table.num_rows == len(seq):
-        for column, values in (("id", ids), ("source", sources), ("license", licenses)):
-            report.add(table_rec["path"], f"{column} matches dataset provenance",
-                       table.column(column).to_pylist() == values.tolist(), f"column {column} differs")
-        _licenses(report, table_rec["path"], np.array(table.column("license").to_pylist(), dtype=object),
-                  np.array(table.column("id").to_pylist(), dtype=object), allow)
-
-    # Realised counts and the repetition cap, recounted.
-    recorded = manifest.get("sources", {})
-    for name, entry in recorded.items():
-        cap, have = entry.get("max_repetitions"), entry.get("available_tokens")
-        within = cap is not None and have and entry.get("target_tokens", float("inf")) <= cap * have
-        report.add(mname, "repetition cap", bool(within),
-                   f"source {name!r}: target {entry.get('target_tokens')} > cap {cap} x {have} available tokens")
-        report.add(mname, "source has a license", bool(entry.get("licenses")), f"source {name!r} lists no license")
-    unlisted = sorted({s for s in sources.tolist() if s is not None} - set(recorded))
-    report.add(mname, "every sequence source recorded", not unlisted, f"sources {unlisted} not in manifest")
-    if all(p is not None for p in provenance):
-        _mixture_sources(manifest, seq, sources, licenses, [p[0] for p in provenance], report)
-    report.summary["sources"] = len(recorded)
-    report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if isinstance(v, str) and v}))
-    _audit_croissant(root, manifest, report, "")
+    return ids, sources, licenses
 
 
 def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
