@@ -29,6 +29,51 @@ class Batch:
     windows: np.ndarray  # [rows] global window indices, for the training manifest
 
 
+def window_count(n_tokens: int, seq_len: int) -> int:
+    """Windows [w*L, w*L+L+1) of a stream of `n_tokens`: consecutive windows share one token."""
+    return (n_tokens - 1) // seq_len
+
+
+class WindowOrder:
+    """Which windows each global batch reads: the training windows (all but the held-out ones) in a numpy
+    PCG64 permutation seeded with [seed, epoch]; global batch b takes its slice of epoch b // per_epoch.
+
+    The one definition of the order, used by the loader while training and by the release's lineage and
+    audit when they recompute, from a training manifest's header, the tokens each step read."""
+
+    def __init__(self, n_windows: int, global_batch: int, seed: int, held_out: np.ndarray | None = None):
+        everything = np.arange(n_windows, dtype=np.int64)
+        self.train_windows = everything if held_out is None else np.setdiff1d(everything, held_out)
+        self.global_batch = global_batch
+        self.seed = seed
+        self.batches_per_epoch = len(self.train_windows) // global_batch
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"{len(self.train_windows)} training sequences cannot fill one global batch of "
+                             f"{global_batch}")
+        self._epoch = -1
+        self._order: np.ndarray | None = None
+
+    @classmethod
+    def from_header(cls, header: dict) -> WindowOrder:
+        """The order a training manifest's header (train_tokens.jsonl line 1) records."""
+        stream = header["stream"]
+        return cls(window_count(int(stream["n_tokens"]), int(header["seq_len"])), int(header["global_batch"]),
+                   int(header["seed"]), np.asarray(stream.get("held_out") or [], dtype=np.int64))
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = self.train_windows[rng.permutation(len(self.train_windows))]
+            self._epoch = epoch
+        assert self._order is not None
+        return self._order
+
+    def global_windows(self, batch: int) -> np.ndarray:
+        """Window indices of global batch `batch` (all ranks)."""
+        epoch, b = divmod(batch, self.batches_per_epoch)
+        return self.epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+
+
 class TokenWindows:
     """Random access to window i of the stream: its L+1 tokens and the document id of each token."""
 
@@ -39,7 +84,7 @@ class TokenWindows:
         self.seq_len = seq_len
         self.starts = np.cumsum([0] + [s.n_tokens for s in spans], dtype=np.int64)
         self.n_tokens = int(self.starts[-1])
-        self.n_windows = (self.n_tokens - 1) // seq_len
+        self.n_windows = window_count(self.n_tokens, seq_len)
         if self.n_windows < 1:
             raise ValueError(f"the stream has {self.n_tokens} tokens, fewer than one sequence of {seq_len + 1}")
         self._cache = MemmapCache()
@@ -86,15 +131,13 @@ class DataLoader:
         self.rank = rank
         self.world_size = world_size
         self.document_masking = document_masking
-        everything = np.arange(windows.n_windows, dtype=np.int64)
-        self.train_windows = everything if held_out is None else np.setdiff1d(everything, held_out)
-        self.batches_per_epoch = len(self.train_windows) // global_batch
-        if self.batches_per_epoch < 1:
-            raise ValueError(f"{len(self.train_windows)} training sequences of {windows.seq_len} tokens cannot fill "
-                             f"one global batch of {global_batch}")
+        try:
+            self.order = WindowOrder(windows.n_windows, global_batch, seed, held_out)
+        except ValueError as exc:
+            raise ValueError(f"{exc} ({windows.seq_len} tokens each)") from None
+        self.train_windows = self.order.train_windows
+        self.batches_per_epoch = self.order.batches_per_epoch
         self.batches_consumed = 0
-        self._order_epoch = -1
-        self._order: np.ndarray | None = None
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_consumed": self.batches_consumed, "seed": self.seed, "global_batch": self.global_batch}
@@ -105,18 +148,9 @@ class DataLoader:
                              f"{state['global_batch']}; config has seed={self.seed}, global_batch={self.global_batch}")
         self.batches_consumed = int(state["batches_consumed"])
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order = self.train_windows[rng.permutation(len(self.train_windows))]
-            self._order_epoch = epoch
-        assert self._order is not None
-        return self._order
-
     def global_windows(self, batch: int) -> np.ndarray:
         """Window indices of global batch `batch` (all ranks)."""
-        epoch, b = divmod(batch, self.batches_per_epoch)
-        return self._epoch_order(epoch)[b * self.global_batch:(b + 1) * self.global_batch]
+        return self.order.global_windows(batch)
 
     def next_batch(self) -> Batch:
         rows = self.global_batch // self.world_size

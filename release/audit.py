@@ -288,6 +288,7 @@ def _held_out(stream, docs, windows, seq_len, report, name) -> None:
     held = stream.get("held_out_documents")
     if not held:
         return
+    from pretrain.data import window_count
     from pretrain.held_out import touched_windows
 
     starts, held_starts = docs.starts, np.array([s for s, _ in held], dtype=np.int64)
@@ -297,7 +298,7 @@ def _held_out(stream, docs, windows, seq_len, report, name) -> None:
                       f"{int((~found).sum())} held_out_documents ranges start at no document"):
         return
     every = np.isin(docs.keys, docs.keys[firsts])
-    n_windows = (int(stream["n_tokens"]) - 1) // seq_len
+    n_windows = window_count(int(stream["n_tokens"]), seq_len)
     touched = touched_windows(starts[every], docs.ends[every], seq_len, n_windows)
     excluded = set(stream.get("held_out") or [])
     leaked = sorted(set(touched.tolist()) & set(np.unique(windows).tolist()))

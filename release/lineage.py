@@ -7,7 +7,7 @@ its child started from (the last stage: up to the released checkpoint).
 
 The functions at the bottom work from the training manifest alone (no token shards): which windows
 every step read, hence which stream tokens, hence (through a provenance table) which documents. The
-window order is recomputed with the trainer's own `DataLoader`, so it is the order that trained.
+window order is recomputed with the trainer's own `WindowOrder`, so it is the order that trained.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import yaml
 
 from core.config import ConfigError, deep_merge
 from pretrain.checkpoint import COMPLETE, TRAINER_STATE, Checkpoint, checkpoint_digest, list_checkpoints, verify
-from pretrain.data import DataLoader
+from pretrain.data import WindowOrder
 from pretrain.train_manifest import TRAIN_MANIFEST, read_train_manifest
 
 CONFIG = "config.yaml"
@@ -186,19 +185,14 @@ def lineage(run_dir: Path, step: int | None = None, max_depth: int = 16) -> list
 
 def trained_windows(header: dict[str, Any], records: list[dict[str, Any]]) -> np.ndarray:
     """[steps, global_batch] window indices each step read, recomputed with the trainer's loader."""
-    stream, seq_len = header["stream"], int(header["seq_len"])
-    shape = SimpleNamespace(n_windows=(int(stream["n_tokens"]) - 1) // seq_len, seq_len=seq_len)
-    loader = DataLoader(shape, int(header["global_batch"]), int(header["seed"]),
-                        held_out=np.asarray(stream.get("held_out") or [], dtype=np.int64))
+    order = WindowOrder.from_header(header)
     if not records:
-        return np.zeros((0, loader.global_batch), dtype=np.int64)
-    return np.stack([loader.global_windows(int(r["batch"])) for r in records])
+        return np.zeros((0, order.global_batch), dtype=np.int64)
+    return np.stack([order.global_windows(int(r["batch"])) for r in records])
 
 
 def batches_per_epoch(header: dict[str, Any]) -> int:
-    stream, seq_len = header["stream"], int(header["seq_len"])
-    n_windows = (int(stream["n_tokens"]) - 1) // seq_len
-    return (n_windows - len(set(stream.get("held_out") or []))) // int(header["global_batch"])
+    return WindowOrder.from_header(header).batches_per_epoch
 
 
 def touched_documents(doc_ends: np.ndarray, windows: np.ndarray, seq_len: int) -> np.ndarray:
