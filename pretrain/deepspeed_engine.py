@@ -83,6 +83,11 @@ class DeepSpeedEngine:
             self.ds.step()  # only advances DeepSpeed's micro-step counter
 
     def step(self, max_norm: float | None, loss_is_finite: bool) -> float | None:
+        """DeepSpeed clips inside `ds.step()` to the `gradient_clipping` it was initialised with; a different
+        `max_norm` cannot be honoured per step, so it is refused rather than ignored."""
+        if (max_norm or 0.0) != self.ds.gradient_clipping():
+            raise ValueError(f"max_norm {max_norm}: DeepSpeed clips to gradient_clipping="
+                             f"{self.ds.gradient_clipping()} from its config (optimizer.grad_clip)")
         if not loss_is_finite:
             return None
         self.ds.step()  # clips to gradient_clipping, steps, zeroes
