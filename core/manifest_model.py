@@ -37,17 +37,16 @@ class VersionedManifest(ManifestModel):
     """A whole manifest file: its `schema` field names the format and version (e.g. "atom.release/1")."""
 
     SCHEMAS: ClassVar[tuple[str, ...]] = ()  # the versions this atom reads, newest last
-    SCHEMA_KEY: ClassVar[str] = "schema"
 
     @classmethod
     def parse(cls: type[V], data: Any, where: str) -> V:
         """Validate `data` read from `where`; the error names the file, the key and the schema version."""
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: not a JSON object")
-        version = data.get(cls.SCHEMA_KEY)
+        version = data.get("schema")
         supported = ", ".join(cls.SCHEMAS)
         if version not in cls.SCHEMAS:
-            raise ManifestError(f"{where}: {cls.SCHEMA_KEY} {version!r} is not a version this atom reads "
+            raise ManifestError(f"{where}: schema {version!r} is not a version this atom reads "
                                 f"(it reads {supported}); use the atom release that wrote it")
         try:
             return cls.model_validate(data)

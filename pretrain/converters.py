@@ -49,8 +49,7 @@ def model_converters(cfg: PretrainConfig) -> list[ModelConverter]:
     """The converters a run's config asks for, in the order they apply."""
     if cfg.model.fp8 is None:
         return []
-    fsdp_all_gather = cfg.parallel.fp8_all_gather and cfg.parallel.backend == "fsdp2"
-    return [Float8Converter(cfg.model.fp8.recipe, fsdp_all_gather)]
+    return [Float8Converter(cfg.model.fp8.recipe, cfg.parallel.fp8_all_gather)]  # validated: fsdp2 only
 
 
 def build_converted(cfg: PretrainConfig) -> tuple[Transformer, list[ModelConverter]]:

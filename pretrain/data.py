@@ -131,13 +131,12 @@ class DataLoader:
         self.rank = rank
         self.world_size = world_size
         self.document_masking = document_masking
-        try:
-            self.order = WindowOrder(windows.n_windows, global_batch, seed, held_out)
-        except ValueError as exc:
-            raise ValueError(f"{exc} ({windows.seq_len} tokens each)") from None
-        self.train_windows = self.order.train_windows
-        self.batches_per_epoch = self.order.batches_per_epoch
+        self.order = WindowOrder(windows.n_windows, global_batch, seed, held_out)
         self.batches_consumed = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.order.batches_per_epoch
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_consumed": self.batches_consumed, "seed": self.seed, "global_batch": self.global_batch}
