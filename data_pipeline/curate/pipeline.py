@@ -35,6 +35,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from core.manifest import content_name, file_record, recorded_config
 from core.rundir import RunDir
 from data_pipeline.curate.config import CurateConfig, check_inputs
+from data_pipeline.curate.executors import LocalExecutor, SlurmExecutor, route_datatrove_logs
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
 from data_pipeline.curate.steps.decontam import Decontaminate, eval_files
 from data_pipeline.curate.steps.read import RankFileReader, RankFileWriter, SourceReader, list_source_files
@@ -237,16 +238,12 @@ def _executor(config: CurateConfig, phase: Phase, run: Path, depends=None):
     logging_dir = str(run / "work" / "logs" / phase.name)
     ex = config.executor
     if ex.kind == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
         workers = min(ex.workers, phase.tasks)
-        return LocalPipelineExecutor(phase.steps, tasks=phase.tasks, workers=workers, logging_dir=logging_dir,
+        return LocalExecutor(phase.steps, tasks=phase.tasks, workers=workers, logging_dir=logging_dir,
                                      skip_completed=True)
-    from datatrove.executor import SlurmPipelineExecutor
-
     s = ex.slurm
     env_command = s.env_command or f"source {Path(sys.prefix) / 'bin' / 'activate'}"
-    return SlurmPipelineExecutor(
+    return SlurmExecutor(
         phase.steps, tasks=phase.tasks, workers=ex.workers if phase.tasks > 1 else -1, time=s.time,
         partition=s.partition, cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb, qos=s.qos,
         job_name=f"{s.job_name}-{phase.name}", env_command=env_command, sbatch_args=dict(s.sbatch_args),
@@ -282,6 +279,7 @@ def run(config: CurateConfig) -> dict[str, Any] | None:
     run_path = rundir.path.resolve()
     log = rundir.logger()
     log.info(f"curation run in {run_path}: {len(phases)} phases, executor {config.executor.kind}")
+    route_datatrove_logs()
     if config.executor.kind == "local":
         for phase in phases:
             started = time.monotonic()
