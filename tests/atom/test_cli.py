@@ -62,7 +62,7 @@ def test_missing_config_file(toy: Path, capsys):
 
 
 EXPECTED_SUBCOMMANDS = {"data", "quickstart", "tokenizer", "tokenize", "mix", "longdocs", "synth", "pretrain",
-                        "midtrain", "soup", "audit", "release", "submit", "jobs"}
+                        "midtrain", "soup", "eval", "audit", "release", "submit", "jobs"}
 
 
 def listed_subcommands(help_text: str) -> set[str]:

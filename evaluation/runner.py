@@ -1,0 +1,158 @@
+"""Scoring tasks: instances -> per-item records -> metrics, and the table that puts each score beside chance.
+
+Multiple-choice metrics (each item's prediction is the argmax over its choices; ties go to the first):
+- `acc`: of the summed log-likelihoods of the continuations;
+- `acc_norm`: of the log-likelihoods divided by each choice's length in characters (lm-evaluation-harness's
+  `acc_norm`, OLMES's `acc_per_char`); the primary metric of RC tasks, `acc` that of MC tasks;
+- chance: the mean over items of 1 / number of choices.
+Generative tasks: `exact_match` (GSM8K: the verifier; MATH-500: math-verify) is primary, `math_verify`
+beside it; chance is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+
+from core.config import ConfigError, ConfigModel
+from evaluation.answers import gsm8k_correct, math_verify_correct
+from evaluation.catalog import Task, get_task
+from evaluation.instances import ChoiceItem, GenerateItem, Item, Quarantined, task_items, user_choice_items
+from evaluation.scoring import Codec, Logits, Progress, Request, greedy_generate, loglikelihoods
+
+
+class TaskConfig(ConfigModel):
+    """One task to score: a catalog name, or a user's JSONL of multiple-choice items under a name of its own."""
+
+    name: str
+    limit: int | None = Field(None, ge=1)  # the first `limit` instances in file order
+    path: str | None = None  # a user task: {"id", "query", "choices", "gold"} per line
+    max_new_tokens: int | None = Field(None, ge=1)  # generative tasks: overrides the task's own
+
+    @model_validator(mode="after")
+    def _known(self) -> TaskConfig:
+        if self.path is None:
+            get_task(self.name)
+        return self
+
+
+class TasksConfig(ConfigModel):
+    tasks: list[TaskConfig] = Field(min_length=1)
+    batch_size: int = Field(16, ge=1)
+    progress: bool = True
+
+
+def user_task(cfg: TaskConfig) -> Task:
+    return Task(cfg.name, Path(cfg.path or "").name, "choice", str(cfg.path), "olmes_choice", "rc")
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    n: int
+    metrics: dict[str, float]
+    primary: str
+    chance: float
+    items: list[dict[str, Any]]  # per instance: what was scored and predicted
+    instances: list[Item] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        out = {"eval_set": self.task.eval_set, "kind": self.task.kind, "formulation": self.task.formulation,
+               "instances": self.n, "primary_metric": self.primary, "score": self.metrics[self.primary],
+               "chance": self.chance, "metrics": self.metrics, "quarantined": len(self.quarantined)}
+        return out
+
+
+def load_items(cfg: TaskConfig, quarantine: list[Quarantined], root: Path | None = None) -> tuple[Task, list[Item]]:
+    if cfg.path is not None:
+        path = Path(cfg.path)
+        if not path.is_file():
+            raise ConfigError(f"task {cfg.name}: eval file not found: {path}")
+        items: list[Item] = list(user_choice_items(path, quarantine))
+        if not items:
+            raise ConfigError(f"task {cfg.name}: no readable instance in {path}")
+        task = user_task(cfg)
+    else:
+        task = get_task(cfg.name)
+        items = task_items(task, quarantine, root)
+    return task, items[:cfg.limit] if cfg.limit else items
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
+def score_choices(task: Task, items: Sequence[ChoiceItem], logits: Logits, codec: Codec, max_len: int,
+                  batch_size: int, device: torch.device, show: bool) -> tuple[dict[str, float], list[dict]]:
+    requests = [Request(c, x) for item in items for c, x in zip(item.contexts, item.continuations, strict=True)]
+    try:
+        scored = loglikelihoods(logits, codec, requests, max_len, batch_size, device,
+                                Progress(task.name, len(requests), show))
+    except ValueError as exc:
+        raise ConfigError(f"task {task.name}: {exc}") from None
+    records, at = [], 0
+    for item in items:
+        lls = [s.logprob for s in scored[at:at + len(item.continuations)]]
+        at += len(item.continuations)
+        norm = [ll / max(1, len(text)) for ll, text in zip(lls, item.choice_texts, strict=True)]
+        records.append({"id": item.id, "gold": item.gold, "loglikelihoods": lls, "predicted": _argmax(lls),
+                        "predicted_norm": _argmax(norm)})
+    n = max(1, len(records))
+    metrics = {"acc": sum(r["predicted"] == r["gold"] for r in records) / n,
+               "acc_norm": sum(r["predicted_norm"] == r["gold"] for r in records) / n}
+    return metrics, records
+
+
+def score_generations(task: Task, items: Sequence[GenerateItem], logits: Logits, codec: Codec, max_len: int,
+                      max_new_tokens: int, device: torch.device, show: bool) -> tuple[dict[str, float], list[dict]]:
+    progress = Progress(task.name, len(items), show)
+    records = []
+    for item in items:
+        text = greedy_generate(logits, codec, item.context, max_len, max_new_tokens, task.stop, device)
+        if task.eval_set == "GSM8K":
+            exact, symbolic = gsm8k_correct(text, item.answer), math_verify_correct(text, f"${item.answer}$")
+        else:
+            symbolic = math_verify_correct(text, item.solution)
+            exact = symbolic
+        records.append({"id": item.id, "generation": text, "reference": item.answer, "exact_match": exact,
+                        "math_verify": symbolic})
+        progress.advance(1)
+    n = max(1, len(records))
+    return ({"exact_match": sum(r["exact_match"] for r in records) / n,
+             "math_verify": sum(r["math_verify"] for r in records) / n}, records)
+
+
+def run_task(cfg: TaskConfig, logits: Logits, codec: Codec, max_len: int, batch_size: int, device: torch.device,
+             show: bool = True, root: Path | None = None) -> TaskResult:
+    quarantine: list[Quarantined] = []
+    task, items = load_items(cfg, quarantine, root)
+    if task.kind == "choice":
+        choice_items = [i for i in items if isinstance(i, ChoiceItem)]
+        metrics, records = score_choices(task, choice_items, logits, codec, max_len, batch_size, device, show)
+        chance = sum(1 / len(i.continuations) for i in choice_items) / len(choice_items)
+        primary = "acc" if task.formulation == "mc" else "acc_norm"
+    else:
+        gen_items = [i for i in items if isinstance(i, GenerateItem)]
+        metrics, records = score_generations(task, gen_items, logits, codec, max_len,
+                                             cfg.max_new_tokens or task.max_new_tokens, device, show)
+        chance, primary = 0.0, "exact_match"
+    return TaskResult(task, len(records), metrics, primary, chance, records, items, quarantine)
+
+
+def run_tasks(cfg: TasksConfig, logits: Logits, codec: Codec, max_len: int, device: torch.device,
+              root: Path | None = None) -> list[TaskResult]:
+    return [run_task(t, logits, codec, max_len, cfg.batch_size, device, cfg.progress, root) for t in cfg.tasks]
+
+
+def table(results: Sequence[TaskResult]) -> list[str]:
+    lines = [f"  {'task':<26}{'eval set':<16}{'n':>6}  {'metric':<12}{'score':>7}{'chance':>8}"]
+    for r in results:
+        lines.append(f"  {r.task.name:<26}{r.task.eval_set:<16}{r.n:>6}  {r.primary:<12}"
+                     f"{r.metrics[r.primary]:>7.3f}{r.chance:>8.3f}")
+    return lines
