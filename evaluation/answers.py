@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from data_pipeline.synthetic.verify import check_answer
+from evaluation.verify import check_answer
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)

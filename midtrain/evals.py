@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from data_pipeline.synthetic.problems import chatml, generate_problems
-from data_pipeline.synthetic.verify import verify
+from evaluation.verify import verify
 from midtrain.config import EvalConfig
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")

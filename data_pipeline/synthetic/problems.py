@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from data_pipeline.synthetic.numbers import format_number as fmt
+from evaluation.numbers import format_number as fmt
 
 LEVELS = (1, 2, 3)
 INSTRUCTION = (

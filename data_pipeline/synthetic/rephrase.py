@@ -17,7 +17,7 @@ from urllib.parse import quote
 from data_pipeline.synthetic.backends import Backend, Request, Sampling
 from data_pipeline.synthetic.problems import derive_seed
 from data_pipeline.synthetic.records import DROP_LENGTH, DROP_MALFORMED, Record, backend_columns, sampling_json
-from data_pipeline.synthetic.verify import END_MARKERS, THINK_CLOSE
+from evaluation.verify import END_MARKERS, THINK_CLOSE
 
 GENERATOR = "rephrase"
 VERSION = 1

@@ -22,7 +22,7 @@ from data_pipeline.synthetic.records import (
     backend_columns,
     sampling_json,
 )
-from data_pipeline.synthetic.verify import CORRECT, END_MARKERS, MALFORMED, THINK_CLOSE, THINK_OPEN, verify
+from evaluation.verify import CORRECT, END_MARKERS, MALFORMED, THINK_CLOSE, THINK_OPEN, verify
 
 BATCH = 256  # requests handed to a backend at once (an endpoint keeps `concurrency` of them in flight)
 

@@ -47,8 +47,8 @@ from data_pipeline.synthetic.records import (
     records_table,
 )
 from data_pipeline.synthetic.sampling import reference_records, rejection_sample
-from data_pipeline.synthetic.verify import MIN_ROUNDED_DECIMALS
 from data_pipeline.tokens.curated import CURATED_DIR, CURATION_SCHEMA, open_curated
+from evaluation.verify import MIN_ROUNDED_DECIMALS
 
 RECORDS_FILE = "synthetic_records.parquet"
 QUARANTINE_DIR = "quarantine"

@@ -26,8 +26,8 @@ from data_pipeline.synthetic.backends import (
 from data_pipeline.synthetic.problems import generate_problems
 from data_pipeline.synthetic.sampling import rejection_sample
 from data_pipeline.synthetic.stage import SynthConfig
-from data_pipeline.synthetic.verify import CORRECT, verify
 from data_pipeline.tokens.curated import open_curated
+from evaluation.verify import CORRECT, verify
 from tests.data_pipeline.synthetic_fixtures import (
     ScriptedBackend,
     Server,

@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from data_pipeline.synthetic.numbers import format_number
 from data_pipeline.synthetic.problems import GENERATORS, LEVELS, generate_problems, make_problem
-from data_pipeline.synthetic.verify import CORRECT, WRONG, verify
+from evaluation.numbers import format_number
+from evaluation.verify import CORRECT, WRONG, verify
 
 PER_CELL = 60  # problems per (generator, level)
 

@@ -16,8 +16,8 @@ from core.manifest import recorded_config_sha256
 from data_pipeline.synthetic import stage as synth
 from data_pipeline.synthetic.problems import generate_problems
 from data_pipeline.synthetic.stage import SynthConfig
-from data_pipeline.synthetic.verify import CORRECT, verify
 from data_pipeline.tokens.curated import COLUMNS, open_curated
+from evaluation.verify import CORRECT, verify
 from tests.data_pipeline.synthetic_fixtures import ScriptedBackend, tiny_model
 from tests.data_pipeline.tokens_fixtures import hashes, tokenize_config
 

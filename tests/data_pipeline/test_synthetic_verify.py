@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 
-from data_pipeline.synthetic.numbers import format_number, parse_number
-from data_pipeline.synthetic.verify import CORRECT, MALFORMED, WRONG, extract_answer, verify
+from evaluation.numbers import format_number, parse_number
+from evaluation.verify import CORRECT, MALFORMED, WRONG, extract_answer, verify
 
 
 def trace(answer: str, think: str = "2 + 2 = 4.") -> str:

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from core.config import RunConfig
-from data_pipeline.synthetic.numbers import format_number
 from data_pipeline.synthetic.problems import Problem, chatml, generate_problems
 from data_pipeline.tokenizer.train import TokenizerConfig, load_tokenizer
 from data_pipeline.tokenizer.train import run as train_tokenizer
+from evaluation.numbers import format_number
 from midtrain.config import EvalConfig
 from midtrain.evals import ASSISTANT, Generator, passkey_accuracy, passkey_prompt, reasoning_accuracy, run_evals
 from pretrain.model.transformer import ModelOutput

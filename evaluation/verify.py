@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from data_pipeline.synthetic.numbers import format_number, parse_number
+from evaluation.numbers import format_number, parse_number
 
 MIN_ROUNDED_DECIMALS = 2
 THINK_OPEN = "<think>"
