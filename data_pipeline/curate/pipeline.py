@@ -37,7 +37,7 @@ from core.rundir import RunDir
 from data_pipeline.curate.config import CurateConfig, check_inputs
 from data_pipeline.curate.executors import LocalExecutor, SlurmExecutor, route_datatrove_logs
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
-from data_pipeline.curate.steps.decontam import Decontaminate, eval_files
+from data_pipeline.curate.steps.decontam import NAMED_EVALS, Decontaminate, eval_files
 from data_pipeline.curate.steps.read import RankFileReader, RankFileWriter, SourceReader, list_source_files
 from data_pipeline.curate.steps.transform import (
     DatatroveFilterStage,
@@ -104,7 +104,7 @@ def recorded_curation_config(config: CurateConfig) -> dict[str, Any]:
     named = []
     for entry in decontamination["evals"]:
         path = Path(entry)
-        if entry != "builtin" and path.exists():
+        if entry not in NAMED_EVALS and path.exists():
             root = path if path.is_dir() else path.parent
             entry = content_name([file_record(f, root) for f in eval_files([entry])])
         named.append(entry)
@@ -269,7 +269,7 @@ def stage_inputs(config: CurateConfig) -> dict[str, str]:
     inputs = {f"sources.{s.name}": s.path for s in config.sources}
     if config.stages.decontamination.enabled:
         inputs |= {f"stages.decontamination.evals.{i}": path
-                   for i, path in enumerate(config.stages.decontamination.evals) if path != "builtin"}
+                   for i, path in enumerate(config.stages.decontamination.evals) if path not in NAMED_EVALS}
     return inputs
 
 

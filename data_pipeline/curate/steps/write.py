@@ -115,6 +115,18 @@ class WriteManifest(PipelineStep):
         yield
 
 
+def decontamination_report(matches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The removed documents, and per eval set (benchmark or eval file) the documents and instances matched."""
+    by_set: dict[str, dict[str, set[str]]] = {}
+    for m in matches:
+        entry = by_set.setdefault(str(m["eval_file"]), {"documents": set(), "instances": set()})
+        entry["documents"].add(str(m["id"]))
+        entry["instances"].add(str(m["eval_id"]))
+    return {"documents_removed": len(matches), "matches": sorted(matches, key=lambda m: str(m["id"])),
+            "by_eval_set": {name: {"documents": sorted(e["documents"]), "instances": sorted(e["instances"])}
+                            for name, e in sorted(by_set.items())}}
+
+
 def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config: dict[str, Any], tasks: int) -> dict:
     """manifest.json and reports/ from the per-task counts; `config_sha256` hashes `config` with each
     source's path replaced by the content name of its files, so it names no directory."""
@@ -190,8 +202,7 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
                             "eval_file": row.get("eval_file"), "eval_id": row.get("eval_id"),
                             "ngram": row.get("ngram")})
     reports = run_dir / "reports"
-    write_json(reports / "decontamination.json", {"documents_removed": len(matches),
-                                                  "matches": sorted(matches, key=lambda m: m["id"])})
+    write_json(reports / "decontamination.json", decontamination_report(matches))
     write_json(reports / "throughput.json", {"stages": throughput})
 
     read_stage = next((s for s in stage_entries if s["name"] == "read"), None)
