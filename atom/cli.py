@@ -96,6 +96,9 @@ def add_audit_parser(subcommands: argparse._SubParsersAction) -> None:
     sub.add_argument("--data", action="append", default=None, metavar="DIR",
                      help="release only: a dataset or mixture a stage trained on; its shards are re-hashed and "
                           "the trained tokens recomputed (repeatable)")
+    sub.add_argument("--contamination", nargs="*", default=None, metavar="SET",
+                     help="release only: check every trained document against these eval sets (default: all "
+                          "benchmarks) instead of auditing; needs --data for each stage's data; exit 1 on overlap")
 
 
 def add_release_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -120,6 +123,12 @@ def run_audit(args: argparse.Namespace) -> int:
     from data_pipeline.audit import allow_list_from_config
     from release.audit import audit
 
+    if args.contamination is not None:
+        from release.contamination import contamination
+
+        found = contamination(args.path, args.data, args.contamination or None)
+        print(found.render())
+        return 1 if found.hits else 0
     allow = allow_list_from_config(args.config) if args.config else None
     if args.allow_licenses:
         allow = sorted(set(allow or []) | set(args.allow_licenses))

@@ -83,17 +83,25 @@ class NgramIndex:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def first_hit(self, tokens: list[str]) -> tuple[str, str, int] | None:
-        """(eval set, instance id, word position) of the first of `tokens`' n-grams in the index."""
-        if not len(self.hashes):
-            return None
+    def _lookup(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask over `tokens`' n-grams, their positions in the index)."""
         doc = ngram_hashes(tokens, self.n)
         at = np.searchsorted(self.hashes, doc)
         inside = at < len(self.hashes)
         found = np.zeros(len(doc), dtype=bool)
         found[inside] = self.hashes[at[inside]] == doc[inside]
+        return found, at
+
+    def first_hit(self, tokens: list[str]) -> tuple[str, str, int] | None:
+        """(eval set, instance id, word position) of the first of `tokens`' n-grams in the index."""
+        found, at = self._lookup(tokens)
         if not found.any():
             return None
         position = int(np.argmax(found))
         owner = self.owners[int(self.owner_of[at[position]])]
         return owner[0], owner[1], position
+
+    def owners_hit(self, tokens: list[str]) -> list[tuple[str, str]]:
+        """Every (eval set, instance id) one of `tokens`' n-grams belongs to, in index order."""
+        found, at = self._lookup(tokens)
+        return [self.owners[i] for i in np.unique(self.owner_of[at[found]]).tolist()]

@@ -419,6 +419,10 @@ COMMANDS: dict[str, How] = {
     "runs/eval/quick/lm_eval_out": How(
         "parse", "needs the quickstart's release; tests/evaluation/test_atom_eval.py runs the command atom eval "
         "prints on a tiny release", check_lm_eval_command),
+    "atom audit runs/quickstart/release --contamination --data runs/quickstart/mix_pretrain --data "
+    "runs/quickstart/mix_midtrain": How(
+        "parse", "needs the quickstart's release and data; tests/evaluation/test_release_contamination.py runs it "
+        "on a tiny release", parse_by_help),
     # docs/pretrain.md
     "torchrun --standalone --nproc_per_node 2 -m atom pretrain configs/quickstart/pretrain.yaml "
     "--set parallel.backend=fsdp2 --set trainer.micro_batch=4 --set run.dir=runs/quickstart/pretrain-fsdp2": How(

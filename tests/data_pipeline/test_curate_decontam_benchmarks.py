@@ -19,7 +19,7 @@ STAGES_OFF = "\n".join(f"  {s}: {{enabled: false}}" for s in (
     "minhash", "pii"))
 
 
-def planted_corpus(path):
+def planted_corpus(path, pages: int = 6):
     gsm8k = task_items(get_task("gsm8k:cot_8shot"), [])[3]
     mmlu = task_items(get_task("mmlu:rc_0shot"), [])[5000]
     docs = [
@@ -29,7 +29,7 @@ def planted_corpus(path):
          "text": f"Practice quiz, question 7.\n{mmlu.text}\nCorrect answer: {mmlu.choice_texts[mmlu.gold]}.\n"
                  "Explanations follow in the next lesson."},
     ]
-    for page in sorted(LO_EN.rglob("*.html"))[:6]:
+    for page in sorted(LO_EN.rglob("*.html"))[:pages]:
         docs.append({"id": page.stem, "url": f"https://help.example/{page.name}",
                      "text": page.read_text(encoding="utf-8", errors="replace")})
     path.write_text("".join(json.dumps(d) + "\n" for d in docs))
