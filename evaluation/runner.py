@@ -17,34 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
-from core.config import ConfigError, ConfigModel
+from core.config import ConfigError
 from evaluation.answers import gsm8k_correct, math_verify_correct
 from evaluation.catalog import Task, get_task
+from evaluation.config import TaskConfig, TasksConfig
 from evaluation.instances import ChoiceItem, GenerateItem, Item, Quarantined, task_items, user_choice_items
 from evaluation.scoring import Codec, Logits, Progress, Request, greedy_generate, loglikelihoods
-
-
-class TaskConfig(ConfigModel):
-    """One task to score: a catalog name, or a user's JSONL of multiple-choice items under a name of its own."""
-
-    name: str
-    limit: int | None = Field(None, ge=1)  # the first `limit` instances in file order
-    path: str | None = None  # a user task: {"id", "query", "choices", "gold"} per line
-    max_new_tokens: int | None = Field(None, ge=1)  # generative tasks: overrides the task's own
-
-    @model_validator(mode="after")
-    def _known(self) -> TaskConfig:
-        if self.path is None:
-            get_task(self.name)
-        return self
-
-
-class TasksConfig(ConfigModel):
-    tasks: list[TaskConfig] = Field(min_length=1)
-    batch_size: int = Field(16, ge=1)
-    progress: bool = True
 
 
 def user_task(cfg: TaskConfig) -> Task:

@@ -109,7 +109,7 @@ def rows_for(inputs: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list
     return [inputs[i] for i in rows], [index[host[i]] for i in range(len(inputs))]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], max_len: int, batch_size: int,
                    device: torch.device, progress: Progress | None = None) -> list[Loglikelihood]:
     encoded = [encode_pair(codec, r.context, r.continuation) for r in requests]
@@ -142,7 +142,7 @@ def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], ma
     return [o for o in out if o is not None]
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def greedy_generate(logits: Logits, codec: Codec, context: str, max_len: int, max_new_tokens: int,
                     stop: Sequence[str], device: torch.device) -> str:
     """Greedy continuation of `context`, cut before the first stop string (or the end-of-text token); the

@@ -18,7 +18,14 @@ from core.config import MAX_SEED, ConfigError, ConfigModel, StageConfig, deep_me
 from core.rundir import changed_keys
 from data_pipeline.synthetic.problems import GENERATORS, LEVELS, unknown_generators
 from pretrain.checkpoint import TRAINER_STATE, Checkpoint, CheckpointConfig, Checkpointer, verify
-from pretrain.config import DataConfig, ParallelConfig, PretrainConfig, TrainerConfig, check_training
+from pretrain.config import (
+    DataConfig,
+    DownstreamConfig,
+    ParallelConfig,
+    PretrainConfig,
+    TrainerConfig,
+    check_training,
+)
 from pretrain.metrics import MetricsConfig
 from pretrain.model.config import MoEModelConfig
 from pretrain.optim import OptimizerConfig, ScheduleConfig
@@ -62,6 +69,7 @@ class MidtrainConfig(StageConfig):
     metrics: MetricsConfig = MetricsConfig()
     parallel: ParallelConfig = ParallelConfig()
     evals: EvalConfig = EvalConfig()
+    downstream: DownstreamConfig | None = None  # in-loop benchmark evals, as in pretraining
 
     @model_validator(mode="after")
     def _check(self) -> MidtrainConfig:
@@ -126,5 +134,6 @@ def to_pretrain_config(cfg: MidtrainConfig, parent: Parent) -> PretrainConfig:
         "data": cfg.data.to_dict(), "optimizer": cfg.optimizer.to_dict(), "schedule": cfg.schedule.to_dict(),
         "trainer": cfg.trainer.to_dict(), "checkpoint": cfg.checkpoint.to_dict(), "metrics": cfg.metrics.to_dict(),
         "parallel": cfg.parallel.to_dict(), "init_from": str(parent.checkpoint.path),
+        "downstream": cfg.downstream.to_dict() if cfg.downstream else None,
         "init_optimizer": cfg.load == "full",
     }, source="midtrain config")

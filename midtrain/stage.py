@@ -42,18 +42,10 @@ def plan(cfg: MidtrainConfig) -> list[str]:
     ]
 
 
-def _tokenizer_dir(tokens) -> Path:
-    roots = [tokens.root] + [d.root for d in getattr(tokens, "datasets", [])]
-    for root in roots:
-        if (root / "tokenizer").is_dir():
-            return root / "tokenizer"
-    raise FileNotFoundError(f"{tokens.root}: no tokenizer/ directory in the data")
-
-
 def _evaluate(trainer, cfg: MidtrainConfig, lengths: list[int]) -> dict:
     from midtrain.evals import run_evals
 
-    tokenizer = load_tokenizer(_tokenizer_dir(trainer.data.tokens))
+    tokenizer = load_tokenizer(trainer.data.tokenizer_dir())
     return run_evals(trainer.engine.model, tokenizer, trainer.env.device, cfg.evals, trainer.cfg.model.max_seq_len,
                      lengths, trainer.evaluate())
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from core.config import ConfigModel, StageConfig
+from evaluation.config import TasksConfig
 from pretrain.checkpoint import CheckpointConfig
 from pretrain.metrics import MetricsConfig
 from pretrain.model.config import MoEModelConfig
@@ -38,6 +39,14 @@ class TrainerConfig(ConfigModel):
     deterministic: bool = True
 
 
+class DownstreamConfig(TasksConfig):
+    """Benchmark tasks scored in the loop every `every` steps (as OLMo-core's in-loop evaluator does), logged
+    with the other metrics as `eval/<task>/<metric>`; use a small `limit` per task."""
+
+    every: int = Field(gt=0)
+    progress: bool = False
+
+
 class ParallelConfig(ConfigModel):
     """How the same model and loop are spread over ranks (see pretrain/parallel.py)."""
 
@@ -59,6 +68,7 @@ class PretrainConfig(StageConfig):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     parallel: ParallelConfig = ParallelConfig()
+    downstream: DownstreamConfig | None = None  # in-loop benchmark evals
     init_from: str | None = None  # a checkpoint directory to start from (mid-training, souping)
     init_optimizer: bool = False  # also take the optimizer state from `init_from` (else weights only)
 

@@ -46,6 +46,14 @@ class TrainingData:
         self.held_out: HeldOut = hold_out(tokens.occurrences(), seq_len, self.windows.n_windows, val_sequences,
                                           lambda token: tokens.locate(token).source, inherited)
 
+    def tokenizer_dir(self) -> Path:
+        """Where the stream's tokenizer files are (a dataset's, or a mixture's first dataset with one)."""
+        roots = [self.tokens.root] + [d.root for d in getattr(self.tokens, "datasets", [])]
+        for root in roots:
+            if (root / "tokenizer").is_dir():
+                return root / "tokenizer"
+        raise FileNotFoundError(f"{self.tokens.root}: no tokenizer/ directory in the data")
+
     def unigram_loss(self, max_tokens: int = 20_000_000) -> float:
         """Cross-entropy (nats) of the scored held-out targets under the stream's unigram distribution
         (add-one smoothed, counted over the first `max_tokens` tokens): the bar a model must clear to have

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,6 +72,7 @@ class Trainer:
             self.log.info(f"measured matmul peak for MFU: {self.peak_flops / 1e12:.2f} TFLOP/s per device ({dtype})")
         self.preemption = PreemptionWatch(run.path, self.env.is_main)
         self._started = False
+        self._codec: Any = None  # the tokenizer, loaded for the first downstream eval
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -142,6 +144,8 @@ class Trainer:
                 self.metrics.log(self.step, self._metrics(stats, lr, elapsed, step_tokens))
             if cfg.trainer.eval_every and self.step % cfg.trainer.eval_every == 0:
                 self.metrics.log(self.step, self.evaluate())
+            if cfg.downstream and self.step % cfg.downstream.every == 0:
+                self.metrics.log(self.step, self.downstream())
             if self.step % cfg.checkpoint.interval == 0 or self.step == cfg.trainer.max_steps:
                 self.save(blocking=self.step == cfg.trainer.max_steps)
             elif self.preemption.should_stop():
@@ -207,6 +211,26 @@ class Trainer:
             values["memory/max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         values.update(self.engine.expert_load())
         return values
+
+    def downstream(self) -> dict[str, float]:
+        """The configured benchmark tasks on the current weights: `eval/<task>/<metric>`. Every rank scores
+        every instance (a sharded model's forward is collective); the weights alone decide the numbers, so
+        a resumed run logs what an uninterrupted one does."""
+        from evaluation.runner import run_tasks
+        from evaluation.scoring import TokenizerCodec
+
+        assert self.cfg.downstream is not None
+        if self._codec is None:
+            from data_pipeline.tokenizer.train import eos_token, load_tokenizer
+
+            where = self.data.tokenizer_dir()
+            self._codec = TokenizerCodec(load_tokenizer(where), eos_token(where))
+        model: nn.Module = self.engine.model
+        model.eval()
+        results = run_tasks(self.cfg.downstream, lambda tokens: model(tokens).logits, self._codec,
+                            self.cfg.model.max_seq_len, self.env.device)
+        model.train()
+        return {f"eval/{r.task.name}/{name}": value for r in results for name, value in r.metrics.items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

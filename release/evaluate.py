@@ -27,9 +27,10 @@ from core.config import ConfigError, StageConfig
 from core.rundir import RunDir, write_atomic, write_json
 from core.stage import Stage
 from evaluation.catalog import EVAL_SETS
+from evaluation.config import TasksConfig
 from evaluation.instances import ChoiceItem
 from evaluation.lm_eval_tasks import write_lm_eval_tasks
-from evaluation.runner import TaskResult, TasksConfig, run_tasks, table
+from evaluation.runner import TaskResult, run_tasks, table
 from evaluation.scoring import TokenizerCodec
 
 RESULTS = "results.json"
@@ -47,21 +48,21 @@ def json_line(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _target(cfg: EvaluateConfig) -> Path:
+def _target(cfg: EvaluateConfig, must_exist: bool = True) -> Path:
+    """The target directory; a plan (--dry-run) may name one an earlier step has yet to write."""
     if not cfg.target:
         raise ConfigError("target: no release or run directory given (atom eval TARGET CONFIG)")
     path = Path(cfg.target)
-    if not path.is_dir():
+    if must_exist and not path.is_dir():
         raise ConfigError(f"target: not a directory: {path}")
     return path
 
 
 def codec(tokenizer_dir: Path) -> TokenizerCodec:
     """The tokenizer of a run or release, its end-of-text token the one its tokenizer_config.json names."""
-    from tokenizers import Tokenizer
+    from data_pipeline.tokenizer.train import eos_token, load_tokenizer
 
-    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    return TokenizerCodec(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), config["eos_token"])
+    return TokenizerCodec(load_tokenizer(tokenizer_dir), eos_token(tokenizer_dir))
 
 
 def load_target(path: Path, step: int | None) -> tuple[torch.nn.Module, TokenizerCodec, dict[str, Any]]:
@@ -90,7 +91,7 @@ def load_target(path: Path, step: int | None) -> tuple[torch.nn.Module, Tokenize
 
 
 def plan(cfg: EvaluateConfig) -> list[str]:
-    target = _target(cfg)
+    target = _target(cfg, must_exist=False)
     tasks = ", ".join(f"{t.name}" + (f" (first {t.limit})" if t.limit else "") for t in cfg.tasks)
     return [f"load {target} ({'newest checkpoint' if cfg.step is None else f'step {cfg.step}'} of a run, "
             f"or a release's weights) on {cfg.device}",

@@ -200,6 +200,14 @@ def print_summary(out: Path, manifest: dict[str, Any]) -> None:
     print(f"  files: {', '.join(FILES)}, manifest.json")
 
 
+def eos_token(path: str | Path) -> str:
+    """The end-of-text token a tokenizer directory's tokenizer_config.json names."""
+    file = Path(path) / TOKENIZER_CONFIG_FILE
+    if not file.is_file():
+        raise ConfigError(f"{path}: no {TOKENIZER_CONFIG_FILE} (train one with `atom tokenizer`)")
+    return json.loads(file.read_text(encoding="utf-8"))["eos_token"]
+
+
 def load_tokenizer(path: str | Path):
     """The `tokenizers.Tokenizer` in a tokenizer directory (or a tokenizer.json path)."""
     from tokenizers import Tokenizer

@@ -15,9 +15,12 @@ from release.audit import audit_release
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SHORTER = {
-    "pretrain": ["trainer.max_steps=12", "trainer.eval_every=6", "checkpoint.interval=6", "metrics.log_every=6"],
+    "pretrain": ["trainer.max_steps=12", "trainer.eval_every=6", "checkpoint.interval=6", "metrics.log_every=6",
+                 "downstream.every=6"],
     "midtrain": ["trainer.max_steps=4", "checkpoint.interval=2", "metrics.log_every=2",
-                 "evals.reasoning_problems=2", "evals.max_new_tokens=8", "evals.passkey_trials=1"],
+                 "evals.reasoning_problems=2", "evals.max_new_tokens=8", "evals.passkey_trials=1",
+                 "downstream.every=2"],
+    "eval": ["tasks=[{name: 'arc_easy:rc_0shot', limit: 6}, {name: 'gsm8k:cot_8shot', limit: 1, max_new_tokens: 4}]"],
 }
 
 
@@ -43,6 +46,10 @@ def test_quickstart_releases_an_audited_model_reproducibly(tmp_path: Path, monke
     out = capsys.readouterr().out
     assert "==> release: runs/quickstart/release" in out and "'LibreOffice' ->" in out
     assert "reasoning accuracy" in out
+    assert "atom eval: release runs/quickstart/release (step 4)" in out
+    assert any(line.split()[:4] == ["arc_easy:rc_0shot", "ARC-Easy", "6", "acc_norm"] for line in out.splitlines())
+    metrics = (tmp_path / "one/runs/quickstart/pretrain/metrics.jsonl").read_text()
+    assert '"eval/arc_easy:rc_0shot/acc_norm"' in metrics and '"eval/hellaswag:rc_0shot/acc"' in metrics
     report = audit_release(first)
     assert report.ok, report.render(verbose=False)
     second = run_in(tmp_path / "two", monkeypatch)

@@ -164,6 +164,7 @@ SHIPPED = {
     "quickstart/synth_tokens.yaml": "tokenize", "quickstart/tokenizer.yaml": "tokenizer",
     "quickstart/tokens.yaml": "tokenize",
     "slurm/example_gpu.yaml": "profile", "slurm/local.yaml": "profile", "eval/quick.yaml": "eval",
+    "quickstart/eval.yaml": "eval",
 }
 
 

