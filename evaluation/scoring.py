@@ -128,12 +128,15 @@ def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], ma
         tokens = torch.zeros((len(batch), width), dtype=torch.long)
         for b, row in enumerate(batch):
             tokens[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-        logprobs = torch.log_softmax(logits(tokens.to(device)).float(), dim=-1).cpu()
+        scores = logits(tokens.to(device))
         for b in range(len(batch)):
-            for i in by_row[start + b]:
+            hosted = by_row[start + b]
+            lo = min(len(inputs[i]) - len(encoded[i][1]) for i in hosted)  # only the scored positions
+            row = torch.log_softmax(scores[b, lo:len(batch[b])].float(), dim=-1).cpu()
+            for i in hosted:
                 cont = encoded[i][1]
-                n, end = len(cont), len(inputs[i])
-                lp = logprobs[b, end - n:end]
+                n, end = len(cont), len(inputs[i]) - lo
+                lp = row[end - n:end]
                 target = torch.tensor(cont, dtype=torch.long)
                 out[i] = Loglikelihood(float(lp.gather(1, target[:, None]).sum()),
                                        bool((lp.argmax(-1) == target).all()), n)
