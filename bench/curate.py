@@ -120,8 +120,7 @@ def atom_pipeline(input_dir: Path, run: Path, decontaminate: bool = False) -> li
     config.stages.minhash.enabled = False
     config.stages.pii.enabled = False
     config.stages.decontamination.enabled = decontaminate  # default evals: builtin (HumanEval) + benchmarks
-    (phase,) = build_phases(config)  # no dedup: one phase
-    steps = phase.steps
+    steps = build_phases(config)[0].steps  # no dedup: the per-document phase, then the manifest
     return steps[:-1] + [JsonlWriter(str(run / "out"), compression=None)]  # same writer as the baseline
 
 

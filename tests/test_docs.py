@@ -409,6 +409,8 @@ COMMANDS: dict[str, How] = {
     ".venv/bin/python bench/curate.py --tasks 8 --workers 2": How("parse", BENCH, parse_by_help),
     "OMP_NUM_THREADS=1 .venv/bin/python -m bench.loader": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.checkpoint": How("parse", BENCH, parse_by_help),
+    ".venv/bin/python -m bench.eval --release runs/quickstart/release --task arc_easy:mc_5shot --limit 200": How(
+        "parse", BENCH, parse_by_help),
     "python -m data_pipeline.sources.debian corpora/debian libreoffice-help-en-us --max-files 2000": How(
         "parse", "downloads packages from a Debian mirror", parse_by_help),
     # docs/evaluation.md

