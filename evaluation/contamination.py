@@ -102,10 +102,9 @@ class NgramIndex:
         hashes, owners = [], []
         for text in texts:
             h = ngram_hashes(words(text.text), n)
-            if len(h):
-                hashes.append(h)
-                owners.append(np.full(len(h), len(self.owners), dtype=np.int32))
-                self.owners.append((text.eval_set, text.id))
+            hashes.append(h)
+            owners.append(np.full(len(h), len(self.owners), dtype=np.int32))
+            self.owners.append((text.eval_set, text.id))  # every text, with n-grams or not: it is counted
         all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
         all_owners = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int32)
         order = np.lexsort((all_owners, all_hashes))  # by hash, then by owner: the first owner wins

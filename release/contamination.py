@@ -16,6 +16,7 @@ Exit 1 when any overlap is found, 0 when none.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from core.config import ConfigError
 from core.manifest import sha256_file
 from data_pipeline.tokens import format as fmt
 from evaluation.catalog import EVAL_SETS
-from evaluation.contamination import BENCHMARK_TASKS, NgramIndex, benchmark_texts, words
+from evaluation.contamination import BENCHMARK_TASKS, NgramIndex, benchmark_index, benchmark_texts, words
 from release import data as rdata
 from release.lineage import TRAIN_MANIFEST, touched_documents, trained_windows
 from release.manifest import Release, Stage, read_release
@@ -123,9 +124,10 @@ def contamination(release_dir: str | Path, data: list[str] | None, eval_sets: li
     given = [Path(d) for d in data or []]
     sources = {stage.index: _given(stage, given) for stage in release.stages}  # every missing input first
     tokenizer = Tokenizer.from_file(str(_require(root / "tokenizer.json", "the tokenizer")))
-    texts = list(benchmark_texts(names))
-    index = NgramIndex(texts, NGRAM)
-    report = ContaminationReport(root, names, {s: sum(t.eval_set == s for t in texts) for s in names}, {})
+    # every set: the index curation built and cached (built once per machine); a subset: its own, small index
+    index = benchmark_index(NGRAM) if set(names) == set(BENCHMARK_TASKS) else NgramIndex(benchmark_texts(names), NGRAM)
+    counted = Counter(eval_set for eval_set, _ in index.owners)
+    report = ContaminationReport(root, names, {s: counted[s] for s in names}, {})
     for stage in release.stages:
         data_dir = root / stage.data.dir
         manifest = json.loads(_require(data_dir / fmt.MANIFEST, f"stage {stage.index}'s data manifest").read_text(
