@@ -108,12 +108,16 @@ def add_release_parser(subcommands: argparse._SubParsersAction) -> None:
     sub.add_argument("--out", required=True, help="release directory (new, empty, or an earlier release)")
     sub.add_argument("--step", type=int, default=None, help="checkpoint step to release (default: the newest)")
     sub.add_argument("--name", default=None, help="model name in the card (default: the run directory's name)")
+    sub.add_argument("--no-contamination", action="store_true",
+                     help="skip checking every trained document against the benchmarks (the card then has no "
+                          "contamination table)")
 
 
 def run_release(args: argparse.Namespace) -> int:
     from release.build import build_release
 
-    out = build_release(args.run_dir, args.out, step=args.step, name=args.name)
+    out = build_release(args.run_dir, args.out, step=args.step, name=args.name,
+                        check_contamination=not args.no_contamination)
     print(f"atom release: wrote {out}; verify it with `atom audit {out}`")
     return 0
 

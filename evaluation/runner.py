@@ -122,14 +122,24 @@ def run_task(cfg: TaskConfig, logits: Logits, codec: Codec, max_len: int, batch_
     if task.kind == "choice":
         choice_items = [i for i in items if isinstance(i, ChoiceItem)]
         metrics, records = score_choices(task, choice_items, logits, codec, max_len, batch_size, device, show)
-        chance = sum(1 / len(i.continuations) for i in choice_items) / len(choice_items)
-        primary = "acc" if task.formulation == "mc" else "acc_norm"
     else:
         gen_items = [i for i in items if isinstance(i, GenerateItem)]
         metrics, records = score_generations(task, gen_items, logits, codec, max_len,
                                              cfg.max_new_tokens or task.max_new_tokens, device, show)
-        chance, primary = 0.0, "exact_match"
-    return TaskResult(task, len(records), metrics, primary, chance, records, items, quarantine)
+    return TaskResult(task, len(records), metrics, primary_metric(task), chance(items), records, items, quarantine)
+
+
+def primary_metric(task: Task) -> str:
+    """The score a task reports: MC letters by accuracy, RC by length-normalised accuracy, generation by match."""
+    if task.kind != "choice":
+        return "exact_match"
+    return "acc" if task.formulation == "mc" else "acc_norm"
+
+
+def chance(items: Sequence[Item]) -> float:
+    """The expected accuracy of a uniform guess over each instance's choices (0 for generative tasks)."""
+    choices = [len(i.continuations) for i in items if isinstance(i, ChoiceItem)]
+    return sum(1 / n for n in choices) / len(choices) if choices else 0.0
 
 
 def run_tasks(cfg: TasksConfig, logits: Logits, codec: Codec, max_len: int, device: torch.device,

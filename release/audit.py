@@ -12,8 +12,12 @@
    unexpected tensors) and the tokenizer offline, and generates.
    release.json's own numbers (totals, weights' origin, tokenizer ids, model sizes, per-stage budget and
    data) are recomputed and a difference names the field (table in docs/release.md).
+   A stage's last losses and in-loop benchmark scores are recomputed from its copied metrics.jsonl
+   (instances and chance from the eval data); the contamination summary's source dates from the copied
+   data manifests, its publication dates from the eval catalog.
 5. with --data DIR: DIR is the data a stage trained on (manifest sha256), passes the dataset/mixture
-   audit (every shard re-hashed), and its tokens under the trained windows hash to the recorded digest.
+   audit (every shard re-hashed), and its tokens under the trained windows hash to the recorded digest;
+   when every stage's data is given, the contamination check is rerun and must give the recorded counts.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from release.lineage import (
     trained_tokens_digest,
     trained_windows,
 )
-from release.manifest import RELEASE_JSON, SCHEMA, ParentLink, Release, Stage, read_release
+from release.manifest import RELEASE_JSON, SCHEMA, ContaminationSummary, ParentLink, Release, Stage, read_release
+from release.scores import in_loop_benchmarks, last_losses, metrics_records
 
 PROMPT = "def "
 NEW_TOKENS = 8
@@ -96,7 +101,41 @@ def audit_release(path: str | Path, allow_licenses: list[str] | None = None, dat
     _weights(root, release, report, load_weights)
     for given in data or []:
         _given_data(Path(given), root, release, report, allow)
+    if release.contamination is not None:
+        _contamination(root, release, release.contamination, data or [], report)
     return report
+
+
+def _contamination(root: Path, release: Release, stated: ContaminationSummary, data: list[str],
+                   report: AuditReport) -> None:
+    """The summary's dates from the copied manifests and the catalog; its counts by rerunning the check."""
+    from release.contamination import contamination, newest_source, release_summary, trained_sources
+
+    try:
+        sources = trained_sources(root, release)
+    except (ConfigError, OSError, ValueError) as exc:
+        report.add(RELEASE_JSON, "contamination: sources readable", False, str(exc))
+        return
+    agree(report, RELEASE_JSON, "contamination.sources", {k: v.to_json_dict() for k, v in stated.sources.items()},
+          sources, "the curation records of the copied data manifests")
+    agree(report, RELEASE_JSON, "contamination.newest_source", stated.newest_source, newest_source(sources),
+          "contamination.sources")
+    given = {sha256_file(Path(d) / fmt.MANIFEST) for d in data if (Path(d) / fmt.MANIFEST).is_file()}
+    if not {s.data.manifest_sha256 for s in release.stages} <= given:
+        names = list(stated.eval_sets)
+        from evaluation.catalog import EVAL_SETS
+        from release.contamination import predates
+
+        released = sources[newest_source(sources)]["released"] if newest_source(sources) else None
+        got = {n: (EVAL_SETS[n].published, predates(EVAL_SETS[n].published, released)) if n in EVAL_SETS else ABSENT
+               for n in names}
+        agree(report, RELEASE_JSON, "contamination.eval_sets publication dates",
+              {n: (e.published, e.predates_data) for n, e in stated.eval_sets.items()}, got,
+              "the eval catalog and the newest source")
+        return  # the counts need every stage's documents: --data for each
+    recomputed = release_summary(contamination(root, data, list(stated.eval_sets)), sources)
+    agree(report, RELEASE_JSON, "contamination", stated.to_json_dict(), recomputed,
+          "the check rerun on the trained documents (--data)")
 
 
 # ---- 1. files -------------------------------------------------------------------------------------
@@ -147,6 +186,12 @@ def _stage(root: Path, release: Release, stage_index: int, report: AuditReport, 
         _stage_documents(data_dir, stage, header["stream"], manifest, dataset_roots, windows, report, allow)
     if stage.parent is not None:
         _stage_parent(root, release, stage, stage.parent, report)
+    records = metrics_records(base / "metrics.jsonl")
+    agree(report, RELEASE_JSON, f"stages[{stage_index}].final_metrics", stage.final_metrics, last_losses(records),
+          f"{stage.dir}/metrics.jsonl")
+    stated = stage.benchmarks.to_json_dict() if stage.benchmarks is not None else None
+    agree(report, RELEASE_JSON, f"stages[{stage_index}].benchmarks", stated,
+          in_loop_benchmarks(config, records, stage.step), f"{stage.dir}/metrics.jsonl and the eval data")
 
 
 def _stage_config(base: Path, stage: Stage, report: AuditReport) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from release.lineage import (
     trainer_state,
 )
 from release.manifest import RELEASE_JSON, SCHEMA, Release, read_release
+from release.scores import in_loop_benchmarks, last_losses, metrics_records
 
 SUMS = "SHA256SUMS"
 CHECKPOINTS_JSON = "checkpoints.json"
@@ -119,6 +120,7 @@ def stage_record(stage: StageRecord, index: int, stage_dir: str, out: Path) -> d
     last_batch = int(stage.records[-1]["batch"]) if stage.records else -1
     used = next(c for c in checkpoints if c["step"] == stage.step)
     evals = json.loads((stage.run_dir / "evals.json").read_text()) if "evals.json" in present else None
+    metrics = metrics_records(dst / METRICS)
     return {
         "index": index, "kind": stage.kind, "run_name": stage.run_dir.name, "dir": stage_dir,
         "files": present + [CHECKPOINTS_JSON],
@@ -136,21 +138,10 @@ def stage_record(stage: StageRecord, index: int, stage_dir: str, out: Path) -> d
                  "sources": {k: {"tokens": v.get("tokens"), "docs": v.get("docs"), "licenses": v.get("licenses")}
                              for k, v in sorted(manifest.get("sources", {}).items())}},
         "trained_documents": docs.summary(touched_documents(docs.ends, windows, stage.seq_len)),
-        "final_metrics": _final_metrics(stage.run_dir / "metrics.jsonl"),
+        "final_metrics": last_losses(metrics),
         "evals": evals,
+        "benchmarks": in_loop_benchmarks(stage.config, metrics, stage.step),
     }
-
-
-def _final_metrics(path: Path) -> dict[str, float]:
-    """The last logged value of the training and validation losses."""
-    out: dict[str, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line) if line else {}
-            for key, value in record.items():
-                if (key == "loss" or key.startswith("val/")) and isinstance(value, (int, float)):
-                    out[key] = value
-    return dict(sorted(out.items()))
 
 
 def export_weights(stage: StageRecord, out: Path, tokenizer: dict[str, Any]) -> dict[str, Any]:
@@ -189,8 +180,10 @@ def _prepare_out(out: Path) -> None:
                           "choose another directory")
 
 
-def build_release(run_dir: str | Path, out: str | Path, step: int | None = None, name: str | None = None) -> Path:
-    """Release the checkpoint at `step` (None: the newest) of `run_dir` and its lineage into `out`."""
+def build_release(run_dir: str | Path, out: str | Path, step: int | None = None, name: str | None = None,
+                  check_contamination: bool = True) -> Path:
+    """Release the checkpoint at `step` (None: the newest) of `run_dir` and its lineage into `out`; with
+    `check_contamination`, every trained document is checked against the benchmarks (release.contamination)."""
     out = Path(out).resolve()
     _prepare_out(out)
     stages = lineage(Path(run_dir), step)
@@ -217,6 +210,9 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
             "generation": GENERATION, "has_plot": (tmp / "metrics.png").is_file(),
         }
         write_json(tmp / RELEASE_JSON, Release.parse(release, f"{RELEASE_JSON} being built").to_json_dict())
+        if check_contamination:
+            release["contamination"] = _contamination(tmp, stages)
+            write_json(tmp / RELEASE_JSON, Release.parse(release, f"{RELEASE_JSON} being built").to_json_dict())
         card = render_card(read_release(tmp))  # rendered from what a reader of the file gets
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_sums(tmp)
@@ -227,6 +223,14 @@ def build_release(run_dir: str | Path, out: str | Path, step: int | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _contamination(release_dir: Path, stages: list[StageRecord]) -> dict[str, Any]:
+    """The benchmarks against the documents the stages trained on, read from the data they trained on."""
+    from release.contamination import contamination, release_summary, trained_sources
+
+    report = contamination(release_dir, [s.header["stream"]["path"] for s in stages])
+    return release_summary(report, trained_sources(release_dir, read_release(release_dir)))
 
 
 def _copy_tokenizer(stages: list[StageRecord], src: Path, manifest: dict[str, Any], out: Path) -> dict[str, Any]:

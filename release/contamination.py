@@ -11,6 +11,11 @@ document's id, source and license, the stage and every training step that read i
 The release alone carries no text (only manifests and provenance), so the shards must be given; a stage
 whose data is not given, or whose manifests are missing from the release, is named and the command exits 2.
 Exit 1 when any overlap is found, 0 when none.
+
+`atom release` runs the same check on the data the run trained on and records its summary in release.json
+(`contamination`): per eval set its publication date, whether it predates the newest source of the training
+data (only sets made after the data can be free of contamination by construction), its instances and how
+many of them overlap the trained documents. The card shows it; `atom audit --data` recomputes it.
 """
 
 from __future__ import annotations
@@ -76,6 +81,46 @@ class ContaminationReport:
                          f"license {h.license}), stage {h.stage} steps {steps}")
         lines.append("CONTAMINATED" if self.hits else "CLEAN: no trained document shares an n-gram with these sets")
         return "\n".join(lines)
+
+
+def trained_sources(root: Path, release: Release) -> dict[str, dict[str, Any]]:
+    """Every source the stages trained on, from the curation records their data manifests carry:
+    {name: {version, released (YYYY-MM-DD or None), generated (synthetic: no crawled text)}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for stage in release.stages:
+        manifest = json.loads(_require(root / stage.data.dir / fmt.MANIFEST, f"stage {stage.index}'s data manifest")
+                              .read_text(encoding="utf-8"))
+        curation = manifest.get("curation")
+        for record in curation if isinstance(curation, list) else [curation]:
+            for name, entry in ((record or {}).get("sources") or {}).items():
+                if name in stage.data.sources:
+                    out[name] = {"version": entry.get("version"), "released": entry.get("released"),
+                                 "generated": "generators" in entry}
+    return dict(sorted(out.items()))
+
+
+def newest_source(sources: dict[str, dict[str, Any]]) -> str | None:
+    dated = [(entry["released"], name) for name, entry in sources.items() if entry["released"]]
+    return max(dated)[1] if dated else None
+
+
+def predates(published: str, released: str | None) -> bool | None:
+    """Whether an eval set (published YYYY-MM) appeared no later than the data's newest source (YYYY-MM-DD):
+    a set of the same month counts as older. None when no source is dated."""
+    return None if released is None else published <= released[:7]
+
+
+def release_summary(report: ContaminationReport, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """release.json's `contamination`: what the card's contamination table shows."""
+    newest = newest_source(sources)
+    released = sources[newest]["released"] if newest else None
+    return {"ngram": NGRAM, "sources": sources, "newest_source": newest,
+            "trained_documents": {str(k): v for k, v in sorted(report.trained_documents.items())},
+            "eval_sets": {s: {"published": EVAL_SETS[s].published, "predates_data": predates(EVAL_SETS[s].published,
+                                                                                               released),
+                              "instances": report.instances[s], "overlapping": report.overlapping(s),
+                              "documents": len({(h.stage, h.document) for h in report.hits if h.eval_set == s})}
+                          for s in report.eval_sets}}
 
 
 def _given(stage: Stage, data: list[Path]) -> Path:

@@ -63,6 +63,20 @@ class TrainedDocuments(ManifestModel):
     docs: int
     by_source: dict[str, DocumentCounts]
 
+class InLoopTask(ManifestModel):
+    """One task of a stage's last in-loop benchmark eval (`release.scores.in_loop_benchmarks`)."""
+
+    task: str
+    eval_set: str
+    instances: int | None
+    primary_metric: str | None
+    chance: float | None
+    metrics: dict[str, float]
+
+class InLoopBenchmarks(ManifestModel):
+    step: int
+    tasks: list[InLoopTask]
+
 class Stage(ManifestModel):
     """One stage of the lineage (lineage/NN-KIND/): its budget, data, documents and final metrics."""
 
@@ -87,6 +101,7 @@ class Stage(ManifestModel):
     trained_documents: TrainedDocuments
     final_metrics: dict[str, int | float]
     evals: dict[str, Any] | None
+    benchmarks: InLoopBenchmarks | None = None  # absent from releases made before in-loop benchmarks
 
 class ModelInfo(ManifestModel):
     architecture: str
@@ -112,6 +127,29 @@ class CodeVersion(ManifestModel):
     commit: str | None
     dirty: bool | None
 
+class SourceDate(ManifestModel):
+    """A trained source's version and when it was published (`release.contamination.trained_sources`)."""
+
+    version: str | None
+    released: str | None
+    generated: bool
+
+class EvalSetOverlap(ManifestModel):
+    published: str
+    predates_data: bool | None
+    instances: int
+    overlapping: int  # instances sharing an n-gram with a trained document
+    documents: int  # trained documents sharing one
+
+class ContaminationSummary(ManifestModel):
+    """The benchmarks checked against every trained document at release time (`release.contamination`)."""
+
+    ngram: int
+    sources: dict[str, SourceDate]
+    newest_source: str | None
+    trained_documents: dict[str, int]  # per stage index
+    eval_sets: dict[str, EvalSetOverlap]
+
 class Release(VersionedManifest):
     """The whole of release.json."""
 
@@ -129,6 +167,7 @@ class Release(VersionedManifest):
     packages: dict[str, str | None]
     generation: dict[str, Any]
     has_plot: bool
+    contamination: ContaminationSummary | None = None  # absent from releases made before the check
 
 def read_release(root: Path) -> Release:
     """`root/release.json`, validated; ManifestError names the key or the schema version it cannot read."""

@@ -6,6 +6,7 @@ paths are checked before any work starts (`check_inputs`).
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,10 +29,22 @@ class SourceConfig(ConfigModel):
     glob: str | None = None  # files under a directory path; default per kind (files: **/*)
     license: str = "NOASSERTION"  # SPDX id
     version: str = "unknown"
+    released: str | None = None  # YYYY-MM-DD this version was published (release cards compare it with eval sets')
     url_prefix: str = ""  # files: url = url_prefix + percent-encoded path relative to `path`; "": file:// URI
     text_key: str = "text"  # jsonl / parquet
     url_key: str = "url"  # jsonl / parquet; missing -> <relative path>#<row>
     html: bool | None = None  # text needs HTML extraction; None: files by extension, warc yes, else no
+
+
+    @field_validator("released")
+    @classmethod
+    def _date(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        return value
 
 
 class SlurmConfig(ConfigModel):

@@ -5,7 +5,8 @@
 For each package, OUT/<package>/ receives:
   files/<path inside the package>   the selected documents (evenly spaced over the sorted list)
   copyright                         the package's /usr/share/doc/<package>/copyright, verbatim
-  source.json                       {name, package, version, license (SPDX), url_prefix, files, bytes}
+  source.json                       {name, package, version, released (the date of the version's changelog
+                                    entry), license (SPDX), url_prefix, files, bytes}
 and the command prints the `sources:` YAML entries for a curation config. The license is the
 `License:` of the DEP-5 `Files: *` stanza, else recognised from the copyright text, else a
 `LicenseRef-` naming the copyright file; `--license` overrides it.
@@ -14,7 +15,9 @@ and the command prints the `sources:` YAML entries for a curation config. The li
 from __future__ import annotations
 
 import argparse
+import email.utils
 import fnmatch
+import gzip
 import re
 import shutil
 import subprocess
@@ -63,6 +66,19 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def released_date(root: Path, package: str) -> str | None:
+    """YYYY-MM-DD of the newest entry of the package's changelog.Debian.gz (its trailer line
+    ` -- Maintainer <mail>  Sat, 06 Jun 2026 23:07:23 +0200`); None when the package ships none."""
+    changelog = root / "usr/share/doc" / package / "changelog.Debian.gz"
+    if not changelog.is_file():
+        return None
+    with gzip.open(changelog, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(" -- ") and "  " in line[4:]:
+                return email.utils.parsedate_to_datetime(line[4:].split("  ", 1)[1].strip()).date().isoformat()
+    return None
+
+
 def evenly_spaced(items: list[str], count: int) -> list[str]:
     """`count` items spread evenly over `items` (all of them when count <= 0 or larger)."""
     if count <= 0 or count >= len(items):
@@ -90,6 +106,7 @@ def import_package(package: str, out: Path, glob: str, max_files: int, license: 
         if copyright_file.is_file():
             copyright_text = copyright_file.read_text(encoding="utf-8", errors="replace")
         spdx = license or license_from_copyright(copyright_text, package)
+        released = released_date(root, package)
         candidates = sorted(
             p.relative_to(root).as_posix() for p in root.rglob("*")
             if p.is_file() and not p.is_symlink() and fnmatch.fnmatch(p.relative_to(root).as_posix(), glob)
@@ -107,7 +124,7 @@ def import_package(package: str, out: Path, glob: str, max_files: int, license: 
             total += target.stat().st_size
         if copyright_text:
             (dest / "copyright").write_text(copyright_text, encoding="utf-8")
-    record = {"name": package, "package": package, "version": version, "license": spdx,
+    record = {"name": package, "package": package, "version": version, "released": released, "license": spdx,
               "url_prefix": "file:///", "files": len(chosen), "bytes": total, "glob": glob}
     write_json(dest / SOURCE_FILE, record)
     return record
@@ -116,7 +133,8 @@ def import_package(package: str, out: Path, glob: str, max_files: int, license: 
 def source_yaml(record: dict, out: Path) -> str:
     return (f"  - name: {record['name']}\n    kind: files\n    path: {(out / record['name'] / 'files').as_posix()}\n"
             f"    license: {record['license']}\n    version: \"{record['version']}\"\n"
-            f"    url_prefix: \"{record['url_prefix']}\"\n")
+            + (f"    released: \"{record['released']}\"\n" if record.get("released") else "")
+            + f"    url_prefix: \"{record['url_prefix']}\"\n")
 
 
 def main(argv: list[str] | None = None) -> int:

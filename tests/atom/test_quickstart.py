@@ -50,6 +50,11 @@ def test_quickstart_releases_an_audited_model_reproducibly(tmp_path: Path, monke
     assert any(line.split()[:4] == ["arc_easy:rc_0shot", "ARC-Easy", "6", "acc_norm"] for line in out.splitlines())
     metrics = (tmp_path / "one/runs/quickstart/pretrain/metrics.jsonl").read_text()
     assert '"eval/arc_easy:rc_0shot/acc_norm"' in metrics and '"eval/hellaswag:rc_0shot/acc"' in metrics
+    card = (first / "README.md").read_text()
+    assert "Stage 1 (midtrain), benchmarks in-loop at step 4" in card
+    assert "| hellaswag:rc_0shot | HellaSwag | 20 |" in card
+    assert "The newest source of the training data is `libreoffice-help-" in card and "published 2026-06-06" in card
+    assert "| GSM8K | 2021-10 | yes | 1,319 | 0 | 0 |" in card
     report = audit_release(first)
     assert report.ok, report.render(verbose=False)
     second = run_in(tmp_path / "two", monkeypatch)

@@ -57,3 +57,33 @@ def test_in_loop_evals_after_a_resume_equal_an_uninterrupted_run(data, tmp_path)
     pretrain(config(data, tmp_path / "split", 8))  # ... and is continued to step 8 from it
     assert sorted(eval_records(tmp_path / "whole")) == [4, 8]
     assert eval_records(tmp_path / "split") == eval_records(tmp_path / "whole")
+
+
+def test_release_card_shows_the_last_in_loop_scores_beside_chance_and_the_audit_recomputes_them(data, tmp_path):
+    from release.audit import audit_release
+    from release.build import build_release, write_sums
+    from release.card import render_card
+    from release.manifest import read_release
+
+    pretrain(config(data, tmp_path / "run", 8))
+    release = build_release(tmp_path / "run", tmp_path / "release", check_contamination=False)
+    scores = read_release(release).stages[0].benchmarks
+    logged = eval_records(tmp_path / "run")[8]
+    assert scores.step == 8 and [t.task for t in scores.tasks] == [t["name"] for t in TASKS]
+    arc, mmlu = scores.tasks
+    assert (arc.eval_set, arc.instances, arc.primary_metric, arc.chance) == ("ARC-Easy", 4, "acc_norm", 0.25)
+    assert (mmlu.eval_set, mmlu.instances, mmlu.primary_metric, mmlu.chance) == ("MMLU", 3, "acc", 0.25)
+    assert {f"eval/{t.task}/{m}": v for t in scores.tasks for m, v in t.metrics.items()} == logged
+    card = (release / "README.md").read_text()
+    assert "Stage 0 (pretrain), benchmarks in-loop at step 8" in card
+    assert f"| arc_easy:rc_0shot | ARC-Easy | 4 | acc_norm | {logged['eval/arc_easy:rc_0shot/acc_norm']:.4g} " \
+           "| 0.25 |" in card
+    assert audit_release(release, load_weights=False).ok
+
+    meta = json.loads((release / "release.json").read_text())
+    meta["stages"][0]["benchmarks"]["tasks"][0]["metrics"]["acc_norm"] = 1.0
+    (release / "release.json").write_text(json.dumps(meta, sort_keys=True))
+    (release / "README.md").write_text(render_card(read_release(release)))
+    write_sums(release)
+    report = audit_release(release, load_weights=False)
+    assert [c.check for c in report.checks if not c.ok] == ["stages[0].benchmarks"]

@@ -1,10 +1,12 @@
 """A corpus with a planted GSM8K test question and a planted MMLU test item: curated without
 decontamination, trained and released, the release's contamination report finds both (document, source,
-license, steps); curated with it (the default), both are removed at curation and the report is clean."""
+license, steps) and the release's own record of the check (release.json, the card) counts them; curated with
+it (the default), both are removed at curation and the report is clean."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,19 +21,24 @@ from data_pipeline.tokenizer.train import run as train_tokenizer
 from data_pipeline.tokens.tokenize import TokenizeConfig
 from data_pipeline.tokens.tokenize import run as tokenize
 from pretrain.stage import run as pretrain
-from release.build import build_release
+from release.audit import audit_release
+from release.build import build_release, write_sums
+from release.card import render_card
 from release.contamination import contamination, steps_reading
+from release.manifest import read_release
 from tests.data_pipeline.test_curate_decontam_benchmarks import STAGES_OFF, planted_corpus
 from tests.pretrain.fixtures import tiny_pretrain
 
 pytestmark = pytest.mark.slow
+RELEASED = "2020-12-01"  # the corpus's date: after MMLU (2020-09), before GSM8K (2021-10)
 
 
 def release_of(root: Path, decontaminate: bool) -> tuple[Path, Path, tuple]:
     corpus = root / "web.jsonl"
     planted = planted_corpus(corpus, pages=3)
     config = root / "curate.yaml"
-    config.write_text(f"sources:\n  - {{name: web, kind: jsonl, path: {corpus}, license: CC-BY-4.0}}\n"
+    config.write_text(f"sources:\n  - {{name: web, kind: jsonl, path: {corpus}, license: CC-BY-4.0, "
+                      f"released: '{RELEASED}'}}\n"
                       f"executor: {{tasks: 1, workers: 1}}\nstages:\n{STAGES_OFF}\n"
                       f"  decontamination: {{enabled: {str(decontaminate).lower()}}}\n"
                       f"run: {{dir: {root / 'curated'}}}\n")
@@ -77,6 +84,40 @@ def test_decontaminated_release_is_clean(trained, capsys):
     assert contamination(release, [str(data)]).hits == []
     assert main(["audit", str(release), "--contamination", "--data", str(data)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("CLEAN: no trained document shares an n-gram with these sets")
+
+
+def test_release_records_the_check_and_the_audit_recomputes_it(trained, tmp_path):
+    release, data, _ = trained[False]
+    summary = read_release(release).contamination
+    assert summary.newest_source == "web" and summary.sources["web"].released == RELEASED
+    got = {name: (e.predates_data, e.overlapping, e.documents) for name, e in summary.eval_sets.items()}
+    assert got["GSM8K"] == (False, 1, 1) and got["MMLU"] == (True, 1, 1) and got["HellaSwag"] == (True, 0, 0)
+    card = (release / "README.md").read_text()
+    assert f"The newest source of the training data is `web` version `unknown`, published {RELEASED}" in card
+    assert "| GSM8K | 2021-10 | no | 1,319 | 1 | 1 |" in card and "| MMLU | 2020-09 | yes | 14,042 | 1 | 1 |" in card
+    assert audit_release(release, data=[str(data)], load_weights=False).ok
+    clean = read_release(trained[True][0]).contamination
+    assert sum(e.overlapping for e in clean.eval_sets.values()) == 0
+    assert "No trained document shares an n-gram" in (trained[True][0] / "README.md").read_text()
+
+    def tampered(edit) -> Path:
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(release, copy)
+        meta = json.loads((copy / "release.json").read_text())
+        edit(meta["contamination"])
+        (copy / "release.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (copy / "README.md").write_text(render_card(read_release(copy)))
+        write_sums(copy)
+        return copy
+
+    def failures(path: Path, data_dirs: list[str]) -> list[str]:
+        report = audit_release(path, data=data_dirs, load_weights=False)
+        return [c.check for c in report.checks if not c.ok]
+
+    hidden = tampered(lambda c: c["eval_sets"]["GSM8K"].update(overlapping=0, documents=0))
+    assert failures(hidden, [str(data)]) == ["contamination"]
+    redated = tampered(lambda c: c["eval_sets"]["MMLU"].update(predates_data=False))
+    assert failures(redated, []) == ["contamination.eval_sets publication dates"]
 
 
 def test_missing_data_and_unknown_sets_are_named(trained, tmp_path, capsys):

@@ -171,7 +171,7 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
         for name, tally in json.loads(f.read_text(encoding="utf-8"))["sources"].items():
             out.setdefault(name, Counter()).update(tally)
     source_entries = {
-        s["name"]: {"license": s["license"], "version": s["version"],
+        s["name"]: {"license": s["license"], "version": s["version"], "released": s.get("released"),
                     "documents": out.get(s["name"], {}).get("documents", 0),
                     "bytes": out.get(s["name"], {}).get("bytes", 0),
                     "records_in": read_in.get(s["name"], {}).get("records", 0),
