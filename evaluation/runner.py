@@ -24,7 +24,15 @@ from evaluation.answers import gsm8k_correct, math_verify_correct
 from evaluation.catalog import Task, get_task
 from evaluation.config import TaskConfig, TasksConfig
 from evaluation.instances import ChoiceItem, GenerateItem, Item, Quarantined, task_items, user_choice_items
-from evaluation.scoring import Codec, Logits, Progress, Request, greedy_generate, loglikelihoods
+from evaluation.scoring import (
+    Codec,
+    Logits,
+    Progress,
+    Request,
+    Unencodable,
+    greedy_generate,
+    loglikelihoods,
+)
 
 
 @dataclass
@@ -47,14 +55,24 @@ class TaskResult:
 
 def load_items(cfg: TaskConfig, quarantine: list[Quarantined], root: Path | None = None) -> tuple[Task, list[Item]]:
     """The first `cfg.limit` instances; read once per process (in-loop evals score the same ones each time)."""
-    task, items, bad = _read_items(cfg.name, cfg.path, cfg.limit, root)
+    version = _file_version(cfg.path) if cfg.path is not None else None
+    task, items, bad = _read_items(cfg.name, cfg.path, cfg.limit, root, version)
     quarantine.extend(bad)
     return task, list(items)
 
 
+def _file_version(path: str) -> tuple[int, int] | None:
+    """A user task file's (mtime, size): an edited file is read again, not served from the cache."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 @functools.lru_cache(maxsize=64)
-def _read_items(name: str, path: str | None, limit: int | None,
-                root: Path | None) -> tuple[Task, tuple[Item, ...], tuple[Quarantined, ...]]:
+def _read_items(name: str, path: str | None, limit: int | None, root: Path | None,
+                version: tuple[int, int] | None) -> tuple[Task, tuple[Item, ...], tuple[Quarantined, ...]]:
     quarantine: list[Quarantined] = []
     if path is not None:
         file = Path(path)
@@ -81,8 +99,10 @@ def score_choices(task: Task, items: Sequence[ChoiceItem], logits: Logits, codec
     try:
         scored = loglikelihoods(logits, codec, requests, max_len, batch_size, device,
                                 Progress(task.name, len(requests), show))
-    except ValueError as exc:
-        raise ConfigError(f"task {task.name}: {exc}") from None
+    except Unencodable as exc:
+        owner = [item for item in items for _ in item.continuations][exc.index]
+        raise ConfigError(f"task {task.name}: instance {owner.id} of {task.source}: choice {exc.continuation!r} "
+                          f"{exc.why}") from None
     records, at = [], 0
     for item in items:
         lls = [s.logprob for s in scored[at:at + len(item.continuations)]]

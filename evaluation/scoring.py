@@ -109,13 +109,24 @@ def rows_for(inputs: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list
     return [inputs[i] for i in rows], [index[host[i]] for i in range(len(inputs))]
 
 
+class Unencodable(ValueError):
+    """Request `index`'s continuation encodes to no token, or to tokens that do not decode back to it: the
+    tokenizer cannot represent the choice, and its score would be that of some other text."""
+
+    def __init__(self, index: int, continuation: str, why: str) -> None:
+        super().__init__(f"continuation {continuation!r} {why}")
+        self.index, self.continuation, self.why = index, continuation, why
+
+
 @torch.no_grad()
 def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], max_len: int, batch_size: int,
                    device: torch.device, progress: Progress | None = None) -> list[Loglikelihood]:
     encoded = [encode_pair(codec, r.context, r.continuation) for r in requests]
-    for r, (_, cont) in zip(requests, encoded, strict=True):
+    for i, (r, (_, cont)) in enumerate(zip(requests, encoded, strict=True)):
         if not cont:
-            raise ValueError(f"continuation {r.continuation!r} encodes to no token after its context")
+            raise Unencodable(i, r.continuation, "encodes to no token after its context")
+        if codec.decode(codec.encode(r.continuation)) != r.continuation:
+            raise Unencodable(i, r.continuation, "does not survive encoding (the tokenizer cannot represent it)")
     inputs = [tuple((ctx + cont)[-(max_len + 1):][:-1]) for ctx, cont in encoded]
     rows, row_of = rows_for(inputs)
     by_row: dict[int, list[int]] = {}

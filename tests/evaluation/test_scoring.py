@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evaluation.answers import gsm8k_answer, gsm8k_correct, math_verify_correct
-from evaluation.scoring import Request, encode_pair, greedy_generate, loglikelihoods, rows_for
+from evaluation.scoring import Request, Unencodable, encode_pair, greedy_generate, loglikelihoods, rows_for
 
 
 class CharCodec:
@@ -66,7 +66,7 @@ def test_batched_shared_rows_equal_one_request_at_a_time():
 
 
 def test_a_continuation_without_tokens_is_refused():
-    with pytest.raises(ValueError, match="encodes to no token"):
+    with pytest.raises(Unencodable, match="encodes to no token"):
         loglikelihoods(BigramModel(), CharCodec(), [Request("Q:", "")], 16, 4, torch.device("cpu"))
 
 
@@ -96,3 +96,30 @@ def test_answer_checks():
     assert math_verify_correct(r"The final answer is $(3, \frac{\pi}{2})$.", solution)
     assert not math_verify_correct(r"The final answer is $(3, \pi)$.", solution)
     assert not math_verify_correct("I do not know", solution)
+
+
+def test_a_choice_the_tokenizer_cannot_represent_names_the_task_instance_and_file(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from core.config import ConfigError
+    from evaluation.config import TaskConfig
+    from evaluation.runner import run_task
+    from evaluation.scoring import TokenizerCodec
+
+    letters = "abcdefghijklmnopqrstuvwxyz?:"
+    vocab = {"[UNK]": 0, "<|endoftext|>": 1, " ": 2, **{c: i + 3 for i, c in enumerate(letters)}}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))  # no byte fallback
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", "isolated")
+    tokenizer.decoder = decoders.Fuse()
+    codec = TokenizerCodec(tokenizer, "<|endoftext|>")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "ok", "query": "which?", "choices": ["yes", "no"], "gold": 0}\n'
+                     '{"id": "kanji", "query": "which?", "choices": ["yes", "\u6f22\u5b57"], "gold": 0}\n')
+    with pytest.raises(ConfigError, match=rf"task mine: instance kanji of {tasks}: choice ' \u6f22\u5b57' does not "
+                                          r"survive encoding \(the tokenizer cannot represent it\)"):
+        run_task(TaskConfig(name="mine", path=str(tasks)), BigramModel(), codec, 32, 4, torch.device("cpu"),
+                 show=False)
+    tasks.write_text('{"id": "ok", "query": "which?", "choices": ["yes", "no"], "gold": 0}\n')
+    result = run_task(TaskConfig(name="mine", path=str(tasks)), BigramModel(), codec, 32, 4, torch.device("cpu"),
+                      show=False)
+    assert result.n == 1 and result.chance == 0.5
