@@ -442,6 +442,9 @@ COMMANDS: dict[str, How] = {
     "--parsable)": How("dry-run", "as above", dry_run_submit),
     'atom submit configs/quickstart/pretrain.yaml --stage pretrain --profile my_cluster --after "$M"': How(
         "dry-run", "as above", dry_run_submit),
+    "atom submit configs/quickstart/eval.yaml --stage eval --profile my_cluster": How(
+        "dry-run", "as above; tests/slurm/test_submit_cluster.py submits an eval job to the local cluster",
+        dry_run_submit),
 }
 
 

@@ -7,6 +7,7 @@ the requeue limit each run their own single-node pretrain job.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +107,26 @@ def test_two_node_pretrain_uses_both_nodes_and_matches_one_process(chain, tmp_pa
     a, b = losses(run), losses(local)
     assert len(a) == len(b) == 6
     assert a == b, (a, b)
+
+
+def test_eval_job_scores_as_one_process(chain, tmp_path):
+    """`atom submit eval` of the chain's checkpoint (hostile paths) gives the bytes `atom eval` gives here."""
+    work = chain["work"]
+    eval_dir = work / f"eval {HOSTILE}"
+    config = {"run": {"dir": str(eval_dir)}, "target": str(chain["run"]), "batch_size": 4, "progress": False,
+              "tasks": [{"name": "arc_easy:rc_0shot", "limit": 6}, {"name": "mmlu:mc_0shot", "limit": 4},
+                        {"name": "gsm8k:cot_8shot", "limit": 1, "max_new_tokens": 4}]}
+    path = work / "eval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    job = submit(path, "eval", work)
+    assert wait_done(job, eval_dir) == "COMPLETED", job_log(eval_dir, job)
+    local = tmp_path / "local"
+    proc = atom("eval", str(path), "--set", f"run.dir={local}", cwd=work, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ["results.json", "items/arc_easy_rc_0shot.jsonl", "items/mmlu_mc_0shot.jsonl",
+                 "items/gsm8k_cot_8shot.jsonl"]:
+        assert (eval_dir / name).read_bytes() == (local / name).read_bytes(), name
+    assert "arc_easy:rc_0shot" in json.loads((eval_dir / "results.json").read_text())["tasks"]
 
 
 def test_hostile_paths_pass_through_literally(chain):
