@@ -46,9 +46,9 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/shellcheck slurm/*.sh
 
-# Not yet clean (issue 18 in progress): joins `lint` once mypy reports nothing.
 typecheck: setup
 	$(VENV)/bin/mypy
 

@@ -102,7 +102,7 @@ class StderrHandler(logging.StreamHandler):
 
     atom_console = True
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 
@@ -114,7 +114,7 @@ class StderrHandler(logging.StreamHandler):
 class RunDir:
     """A stage's output directory, claimed for one config."""
 
-    def __init__(self, path: Path, stage: str):
+    def __init__(self, path: str | Path, stage: str):
         self.path = Path(path)
         self.stage = stage
 

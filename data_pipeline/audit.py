@@ -231,7 +231,8 @@ def _dataset_tokenizer(root: Path, manifest: dict[str, Any], report: AuditReport
                f"vocab {vocab} and config.dtype {config.get('dtype', 'auto')!r}")
         dtype_name = expected_dtype if expected_dtype in fmt.DTYPES else dtype_name
     dtype = np.dtype(fmt.DTYPES[dtype_name]).newbyteorder("<")
-    report.add(mname, "vocab fits dtype", vocab <= np.iinfo(dtype).max + 1, f"vocab {vocab} > {dtype.name}")
+    report.add(mname, "vocab fits dtype", vocab <= np.iinfo(fmt.DTYPES[dtype_name]).max + 1,
+               f"vocab {vocab} > {dtype.name}")
     return eos, vocab, dtype
 
 
@@ -573,9 +574,10 @@ def _mixture_documents(seq: np.ndarray, lengths: np.ndarray, provenance: list[Pr
 def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
                        ds_manifests: list[dict[str, Any] | None], report: AuditReport) -> None:
     """dtype, tokenizer and curation are copied from the (audited) dataset manifests."""
-    if not ds_manifests or any(m is None for m in ds_manifests):
+    manifests = [m for m in ds_manifests if m is not None]
+    if not manifests or len(manifests) != len(ds_manifests):
         return
-    first = ds_manifests[0]
+    first = manifests[0]
     where = entries[0]["path"].rstrip("/") + "/" + fmt.MANIFEST
     try:
         tokenizer = {k: first["tokenizer"][k] for k in ("sha256", "eos_id", "vocab_size")}
@@ -583,12 +585,12 @@ def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
         return  # a malformed dataset manifest, failed by its own audit
     agree(report, fmt.MANIFEST, "dtype", manifest.get("dtype"), first.get("dtype"), where)
     agree(report, fmt.MANIFEST, "tokenizer", manifest.get("tokenizer"), tokenizer, where)
-    others = [e["path"] for e, m in zip(entries, ds_manifests, strict=True)
+    others = [e["path"] for e, m in zip(entries, manifests, strict=True)
               if (m.get("tokenizer") or {}).get("sha256") != tokenizer["sha256"]
               or m.get("dtype") != first.get("dtype")]
     report.add(fmt.MANIFEST, "one tokenizer and dtype", not others,
                f"datasets {others} differ from {entries[0]['path']}")
-    agree(report, fmt.MANIFEST, "curation", manifest.get("curation"), [m.get("curation") for m in ds_manifests],
+    agree(report, fmt.MANIFEST, "curation", manifest.get("curation"), [m.get("curation") for m in manifests],
            "the datasets' manifests")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,7 +66,7 @@ def run(cfg: LongDocsConfig) -> Path:
     bytes_by_source: Counter[str] = Counter()
     bytes_in = bytes_out = docs_in = 0
     pending: list[pa.Table] = []
-    outputs = []
+    outputs: list[dict[str, Any]] = []
 
     def flush() -> None:
         if not pending:

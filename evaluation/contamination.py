@@ -94,7 +94,7 @@ class NgramIndex:
     def load(cls, directory: Path, n: int) -> NgramIndex:
         owners = [tuple(o) for o in json.loads((directory / "owners.json").read_text(encoding="utf-8"))]
         return cls.of_arrays(np.load(directory / "hashes.npy", mmap_mode="r"),
-                             np.load(directory / "owner_of.npy", mmap_mode="r"), owners, n)  # type: ignore[arg-type]
+                             np.load(directory / "owner_of.npy", mmap_mode="r"), owners, n)
 
     def __init__(self, texts: Iterable[EvalText], n: int):
         self.n = n

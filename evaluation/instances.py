@@ -213,11 +213,12 @@ def task_items(task: Task, quarantine: list[Quarantined], root: Path | None = No
         raise ConfigError(f"{task.name}: eval data not found at {where}")
     items: list[Item]
     if task.reader == "olmes_choice":
-        items = list(olmes_choice_items(where, quarantine, limit))
+        items = [*olmes_choice_items(where, quarantine, limit)]
     elif task.reader == "olmes_generate":
         items = list(olmes_generate_items(where, quarantine, limit))
     else:
-        items = list(mmlu_items(where, task.formulation, quarantine))[:limit]
+        items = [*mmlu_items(where, task.formulation, quarantine)]
+        items = items[:limit]
     if not items:
         raise ConfigError(f"{task.name}: no readable instance in {where}")
     return items

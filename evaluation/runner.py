@@ -131,8 +131,8 @@ def score_generations(task: Task, items: Sequence[GenerateItem], logits: Logits,
                         "math_verify": symbolic})
         progress.advance(1)
     n = max(1, len(records))
-    return ({"exact_match": sum(r["exact_match"] for r in records) / n,
-             "math_verify": sum(r["math_verify"] for r in records) / n}, records)
+    return ({"exact_match": sum(bool(r["exact_match"]) for r in records) / n,
+             "math_verify": sum(bool(r["math_verify"]) for r in records) / n}, records)
 
 
 def run_task(cfg: TaskConfig, logits: Logits, codec: Codec, max_len: int, batch_size: int, device: torch.device,

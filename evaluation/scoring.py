@@ -96,7 +96,7 @@ def rows_for(inputs: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list
     (causal attention: the longer row's first positions are the shorter input's). In lexicographic order an
     input's extensions follow it directly, so comparing neighbours finds every prefix."""
     order = sorted(range(len(inputs)), key=lambda i: inputs[i])
-    host = {}
+    host: dict[int, int] = {}
     for pos in range(len(order) - 1, -1, -1):
         i = order[pos]
         nxt = order[pos + 1] if pos + 1 < len(order) else None
@@ -130,8 +130,8 @@ def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], ma
     inputs = [tuple((ctx + cont)[-(max_len + 1):][:-1]) for ctx, cont in encoded]
     rows, row_of = rows_for(inputs)
     by_row: dict[int, list[int]] = {}
-    for i, r in enumerate(row_of):
-        by_row.setdefault(r, []).append(i)
+    for i, row_index in enumerate(row_of):
+        by_row.setdefault(row_index, []).append(i)
     out: list[Loglikelihood | None] = [None] * len(requests)
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
@@ -143,11 +143,11 @@ def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], ma
         for b in range(len(batch)):
             hosted = by_row[start + b]
             lo = min(len(inputs[i]) - len(encoded[i][1]) for i in hosted)  # only the scored positions
-            row = torch.log_softmax(scores[b, lo:len(batch[b])].float(), dim=-1).cpu()
+            logprobs = torch.log_softmax(scores[b, lo:len(batch[b])].float(), dim=-1).cpu()
             for i in hosted:
                 cont = encoded[i][1]
                 n, end = len(cont), len(inputs[i]) - lo
-                lp = row[end - n:end]
+                lp = logprobs[end - n:end]
                 target = torch.tensor(cont, dtype=torch.long)
                 out[i] = Loglikelihood(float(lp.gather(1, target[:, None]).sum()),
                                        bool((lp.argmax(-1) == target).all()), n)

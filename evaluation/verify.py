@@ -81,7 +81,9 @@ def extract_answer(trace: str, require_think: bool = True) -> tuple[str | None, 
         return None, f"{len(answers)} 'Answer:' lines (expected one)"
     if answers[0] != len(lines) - 1:
         return None, "text after the 'Answer:' line"
-    answer = _ANSWER_LINE.match(lines[answers[0]]).group(1).strip()
+    matched = _ANSWER_LINE.match(lines[answers[0]])
+    assert matched is not None  # answers holds the lines that match
+    answer = matched.group(1).strip()
     if not answer:
         return None, "empty 'Answer:' line"
     return answer, ""

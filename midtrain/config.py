@@ -121,7 +121,7 @@ def resolve_model(parent: MoEModelConfig, changes: dict[str, Any]) -> MoEModelCo
     return model
 
 
-def _flatten_get(tree: dict, dotted: str) -> Any:
+def _flatten_get(tree: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
     return tree

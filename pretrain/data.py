@@ -158,10 +158,11 @@ class DataLoader:
         tokens = np.empty((rows, self.windows.seq_len + 1), dtype=np.int64)
         docs = np.empty_like(tokens) if self.document_masking else None
         for i, w in enumerate(mine):
-            t, d = self.windows.read(int(w), self.document_masking)
-            tokens[i] = t
-            if docs is not None:
-                docs[i] = d
-        t = torch.from_numpy(tokens)
+            window, window_docs = self.windows.read(int(w), self.document_masking)
+            tokens[i] = window
+            if docs is not None and window_docs is not None:
+                docs[i] = window_docs
+        rows_t = torch.from_numpy(tokens)
         doc_ids = torch.from_numpy(docs[:, :-1].copy()) if docs is not None else None
-        return Batch(inputs=t[:, :-1].contiguous(), targets=t[:, 1:].contiguous(), doc_ids=doc_ids, windows=mine)
+        return Batch(inputs=rows_t[:, :-1].contiguous(), targets=rows_t[:, 1:].contiguous(), doc_ids=doc_ids,
+                     windows=mine)

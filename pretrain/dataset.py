@@ -92,7 +92,8 @@ class TrainingData:
             read = [self.windows.read(windows[0] if w is None else w, with_docs) for w in rows]
             scored = [np.full(self.windows.seq_len, -1) if w is None else self.held_out.scored(w) for w in rows]
             yield ValBatch(torch.from_numpy(np.stack([t for t, _ in read])),
-                           torch.from_numpy(np.stack([d[:-1] for _, d in read])) if with_docs else None,
+                           torch.from_numpy(np.stack([d[:-1] for _, d in read if d is not None])) if with_docs
+                           else None,
                            torch.from_numpy(np.stack(scored)))
 
 

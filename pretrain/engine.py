@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -29,11 +28,16 @@ from pretrain.converters import build_converted
 from pretrain.optim import build_optimizer, set_lr
 from pretrain.parallel import DistEnv, parallelize
 
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+
 
 class Engine(Protocol):
     """What the training loop needs from a backend; FSDPEngine and DeepSpeedEngine implement it."""
 
-    model: nn.Module
+    @property
+    def model(self) -> nn.Module: ...  # the (wrapped) module the loop calls forward on
+
     skips_nonfinite: bool  # True: a non-finite step is skipped by the engine itself (nothing applied)
 
     def set_lr(self, lr: float) -> None: ...
@@ -84,7 +88,7 @@ class FSDPEngine:
     def accumulate(self, is_last: bool) -> Iterator[None]:
         """Gradients are reduced across ranks on the last micro-batch only."""
         if self._sharded:
-            self.model.set_requires_gradient_sync(is_last)
+            cast("FSDPModule", self.model).set_requires_gradient_sync(is_last)
         yield
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -94,10 +98,10 @@ class FSDPEngine:
 
     def step(self, max_norm: float | None, loss_is_finite: bool) -> float | None:
         """Clip and apply the accumulated gradients; None (and nothing applied) if loss or norm is not finite."""
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        norm = norm.item()
+        total = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
+        if hasattr(total, "full_tensor"):
+            total = total.full_tensor()
+        norm = total.item()
         if not (loss_is_finite and math.isfinite(norm)):
             self.zero_grad()
             return None
@@ -123,7 +127,7 @@ class FSDPEngine:
     def save(self, checkpointer: Checkpointer, step: int, trainer_state: dict, blocking: bool = True) -> Path:
         app = {"app": TrainState(self.model, self.optimizer)}
 
-        def write(d: Path) -> Future | None:
+        def write(d: Path) -> Any:  # None, or the Future of a background write
             if not self.cfg.checkpoint.async_save:
                 dcp.save(app, checkpoint_id=str(d / DCP_DIR))
                 return None

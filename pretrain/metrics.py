@@ -77,7 +77,7 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         self.plot_path = run_dir / "metrics.png"
         self.tb_dir = run_dir / "tensorboard"
-        self._tb = None
+        self._tb: Any = None  # a SummaryWriter once started with tensorboard on
 
     def start(self, step: int, fresh: bool = False) -> None:
         """Begin logging after `step`, the resumed checkpoint's: later records from a killed run are dropped.

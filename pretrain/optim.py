@@ -76,7 +76,8 @@ def _no_decay(name: str, param: nn.Parameter, decay_embeddings: bool) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if _no_decay(name, param, cfg.decay_embeddings) else decay).append(param)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from core.config import ConfigError
 from pretrain.checkpoint_state import check_checkpoint_format
 from pretrain.config import PretrainConfig
+from pretrain.model.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def init_distributed(cfg: PretrainConfig) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, device)
 
 
-def parallelize(model: nn.Module, run_cfg: PretrainConfig, env: DistEnv) -> nn.Module:
+def parallelize(model: Transformer, run_cfg: PretrainConfig, env: DistEnv) -> Transformer:
     """Activation checkpointing, then torch.compile, then FSDP2/HSDP, per block (torchtitan's order).
 
     Sharding is skipped for backend none, and for deepspeed, whose engine wraps the model later.

@@ -65,8 +65,9 @@ class Trainer:
         # (killed after its final checkpoint) still reports them as its final figures.
         self.last_stats: dict = {}
         self.flops_per_token = cfg.model.flops_per_token(cfg.data.seq_len)
-        self.peak_flops = cfg.metrics.peak_flops_per_device
-        if self.peak_flops == "measure":
+        peak = cfg.metrics.peak_flops_per_device
+        self.peak_flops: float | None = peak if peak != "measure" else None
+        if peak == "measure":
             dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
             self.peak_flops = matmul_peak(self.env.device, dtype)
             self.log.info(f"measured matmul peak for MFU: {self.peak_flops / 1e12:.2f} TFLOP/s per device ({dtype})")
@@ -176,7 +177,8 @@ class Trainer:
         totals = all_reduce_mean(totals).cpu()  # reduced where it lives (NCCL takes device tensors only)
         grad_norm = engine.step(cfg.optimizer.grad_clip, math.isfinite(totals.sum().item()))
         if grad_norm is None:
-            return self._skip_nonfinite(totals[0].item())
+            self._skip_nonfinite(totals[0].item())
+            return None
         self.nonfinite_in_a_row = 0
         return {"loss": totals[0].item(), "aux_loss": totals[1].item(), "z_loss": totals[2].item(),
                 "grad_norm": grad_norm}

@@ -126,7 +126,8 @@ def _contamination(root: Path, release: Release, stated: ContaminationSummary, d
         from evaluation.catalog import EVAL_SETS
         from release.contamination import predates
 
-        released = sources[newest_source(sources)]["released"] if newest_source(sources) else None
+        newest = newest_source(sources)
+        released = sources[newest]["released"] if newest else None
         got = {n: (EVAL_SETS[n].published, predates(EVAL_SETS[n].published, released)) if n in EVAL_SETS else ABSENT
                for n in names}
         agree(report, RELEASE_JSON, "contamination.eval_sets publication dates",
@@ -411,7 +412,7 @@ def _allow_list(data_dir: Path, manifest: dict[str, Any]) -> list[str] | None:
         file = data_dir / rdata.dataset_dir(i) / fmt.MANIFEST
         lists.append(rdata.allow_list(file.parent, json.loads(file.read_text(encoding="utf-8")))
                      if file.is_file() else None)
-    return None if not lists or any(v is None for v in lists) else sorted({lic for v in lists for lic in v})
+    return None if not lists or any(v is None for v in lists) else sorted({lic for v in lists for lic in v or []})
 
 
 def _croissant(data_dir: Path, manifest: dict[str, Any], prefix: str, report: AuditReport) -> None:
@@ -521,8 +522,9 @@ def _weights(root: Path, release: Release, report: AuditReport, load: bool) -> N
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=torch.float32,
+        loaded: Any = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=torch.float32,
                                                            output_loading_info=True)
+        model, info = loaded
     except Exception as exc:  # noqa: BLE001 - a release whose weights do not load fails this check
         report.add("model.safetensors", "loads with transformers", False, f"{type(exc).__name__}: {exc}"[:300])
         return
@@ -542,7 +544,7 @@ def _weights(root: Path, release: Release, report: AuditReport, load: bool) -> N
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, min_new_tokens=NEW_TOKENS)
     report.add("model.safetensors", "generates", out.shape[1] == ids.shape[1] + NEW_TOKENS
-               and torch.isfinite(model(ids).logits).all().item(), "generation failed or logits not finite")
+               and bool(torch.isfinite(model(ids).logits).all()), "generation failed or logits not finite")
 
 
 # ---- 5. the dataset itself --------------------------------------------------------------------------

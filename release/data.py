@@ -149,11 +149,11 @@ def allow_list(root: Path, manifest: dict[str, Any]) -> list[str] | None:
     if manifest.get("schema") == fmt.DATASET_SCHEMA:
         value = (manifest.get("config") or {}).get("allow_licenses")
         return sorted(value) if value is not None else None
-    lists = []
+    lists: list[list[str] | None] = []
     for entry in manifest.get("datasets", []):
         ds_file = root / entry["path"] / fmt.MANIFEST
         if ds_file.is_file():
             lists.append(allow_list(ds_file.parent, json.loads(ds_file.read_text(encoding="utf-8"))))
     if not lists or any(v is None for v in lists):
         return None
-    return sorted({lic for v in lists for lic in v})
+    return sorted({lic for v in lists for lic in v or []})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import Field
@@ -32,6 +32,9 @@ from evaluation.instances import ChoiceItem
 from evaluation.lm_eval_tasks import write_lm_eval_tasks
 from evaluation.runner import TaskResult, run_tasks, table
 from evaluation.scoring import TokenizerCodec
+
+if TYPE_CHECKING:
+    from pretrain.model.transformer import Transformer
 
 RESULTS = "results.json"
 SCHEMA = "atom.eval/1"
@@ -65,7 +68,7 @@ def codec(tokenizer_dir: Path) -> TokenizerCodec:
     return TokenizerCodec(load_tokenizer(tokenizer_dir), eos_token(tokenizer_dir))
 
 
-def load_target(path: Path, step: int | None) -> tuple[torch.nn.Module, TokenizerCodec, dict[str, Any]]:
+def load_target(path: Path, step: int | None) -> tuple[Transformer, TokenizerCodec, dict[str, Any]]:
     """(model in eval mode, its tokenizer, description of what was loaded)."""
     from pretrain.model.hf_export import import_hf
     from release.build import is_release

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -123,7 +124,7 @@ def check_profile(profile: ClusterProfile, multi_node_ok: bool) -> None:
         raise ConfigError(f"nodes={profile.nodes}: this stage runs on one node; multi-node is for training stages")
     if not profile.check_cluster:
         return
-    partitions = {}
+    partitions: dict[str, dict[str, Any]] = {}  # name -> nodes, gres (set), default
     for line in _run(["sinfo", "-h", "-o", "%P|%D|%G"]).splitlines():
         name, count, gres = line.strip().split("|")
         default = name.endswith("*")

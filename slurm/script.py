@@ -128,7 +128,8 @@ def step_command(profile: ClusterProfile, spec: JobSpec) -> str:
 
 def _group(parts: list[str]) -> list[str]:
     """Keep the wrapper's multi-line body on a line of its own so the script stays readable."""
-    lines, current = [], []
+    lines: list[str] = []
+    current: list[str] = []
     for part in parts:
         if "\n" in part:
             if current:

@@ -192,7 +192,7 @@ def check_stated_chain(manifest: dict[str, Any], report: AuditReport) -> None:
 
 def reasons(rows: Rows) -> dict[str, int]:
     """How many rows give each `reason`, sorted by reason (the manifest's layout)."""
-    counted = Counter(row.get("reason") for file_rows in rows.values() for row in file_rows)
+    counted: Counter[Any] = Counter(row.get("reason") for file_rows in rows.values() for row in file_rows)
     return dict(sorted(counted.items(), key=lambda kv: str(kv[0])))
 
 
@@ -211,7 +211,7 @@ def check_stage_counts(manifest: dict[str, Any], curated: dict[str, Any], quaran
         stage = stages[i]
         if not isinstance(stage, dict):
             return
-        name = stage.get("name")
+        name = str(stage.get("name"))
         rows, folder = (quarantine, QUARANTINE_DIR) if name == READ_STAGE else (excluded.get(name, {}),
                                                                               f"{EXCLUDED_DIR}/{name}")
         dropped = reasons(rows)
@@ -234,16 +234,16 @@ def check_sources(manifest: dict[str, Any], curated: dict[str, Any], quarantine:
     unlisted = sorted(set(found) - set(stated), key=str)
     report.add(MANIFEST, "sources lists every curated source", not unlisted,
                f"{CURATED_DIR}/*.parquet holds sources {unlisted} not in sources")
-    dropped: dict[str, dict[str, Any]] = {}
+    dropped: dict[Any, dict[str, Any]] = {}  # source (None when a row names none) -> counts
     for rows in excluded.values():
         for row in (r for file_rows in rows.values() for r in file_rows):
-            meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+            meta: dict[str, Any] = row["metadata"] if isinstance(row.get("metadata"), dict) else {}
             entry = dropped.setdefault(meta.get("source"), {"n": 0, "licenses": set(), "versions": set()})
             entry["n"] += 1
             entry["licenses"].add(meta.get("license"))
             entry["versions"].add(meta.get("source_version"))
     held = Counter(row.get("source") for file_rows in quarantine.values() for row in file_rows)
-    not_read: dict[str, Counter] = {}
+    not_read: dict[Any, Counter] = {}
     for row in (r for file_rows in skipped.values() for r in file_rows):
         not_read.setdefault(row.get("source"), Counter())[row.get("reason")] += 1
     where = f"{CURATED_DIR}/*.parquet, {EXCLUDED_DIR}/ and {QUARANTINE_DIR}/"
@@ -297,7 +297,7 @@ def check_decontamination_report(root: Path, manifest: dict[str, Any], rows: Row
         return
     matches = []
     for row in (r for file_rows in rows.values() for r in file_rows):
-        meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+        meta: dict[str, Any] = row["metadata"] if isinstance(row.get("metadata"), dict) else {}
         matches.append({"id": row.get("id"), "source": meta.get("source"), "url": meta.get("url"),
                         "eval_file": row.get("eval_file"), "eval_id": row.get("eval_id"), "ngram": row.get("ngram")})
     expected = decontamination_report(matches)
@@ -311,7 +311,7 @@ def check_throughput_report(root: Path, manifest: dict[str, Any], report: AuditR
     stated = read_report(root, manifest, "throughput", report)
     if stated is None:
         return
-    entries = stated.get("stages") if isinstance(stated, dict) else None
+    entries: Any = stated.get("stages") if isinstance(stated, dict) else None
     if not report.add(REPORTS["throughput"], "stages", isinstance(entries, list) and all(
             isinstance(e, dict) and isinstance(e.get("cpu_seconds"), int | float) for e in entries),
             "no list of stage entries with cpu_seconds"):

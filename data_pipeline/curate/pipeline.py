@@ -289,6 +289,7 @@ def run(config: CurateConfig) -> dict[str, Any] | None:
         executor = None
         for phase in phases:
             executor = _executor(config, phase, run_path, depends=executor)
+        assert executor is not None  # a plan has at least one phase
         executor.run()  # submits the whole chain (each phase depends on the previous one)
         if not config.executor.slurm.wait:
             print(f"atom data: submitted to SLURM; the manifest appears at {run_path / 'manifest.json'}")

@@ -67,7 +67,7 @@ class MixConfig(StageConfig):
 
 def targets(config: MixConfig) -> dict[str, int]:
     """Token target per source; a loaded config's add up to target_tokens (checked by MixConfig)."""
-    return {name: s.tokens if s.tokens is not None else round(s.ratio * config.target_tokens)
+    return {name: s.tokens if s.tokens is not None else round((s.ratio or 0.0) * config.target_tokens)
             for name, s in sorted(config.sources.items())}
 
 

@@ -82,8 +82,9 @@ class LocalBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"{self.model_dir}: tokenizer has no chat template")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, local_files_only=True, dtype=getattr(torch, dtype)).to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, local_files_only=True,
+                                                          dtype=getattr(torch, dtype))
+        self.model = model.to(device).eval()
         self.device = device
         self.sha256 = directory_sha256(self.model_dir)
         stops = {self.tokenizer.eos_token_id}
@@ -115,7 +116,7 @@ class LocalBackend:
                 if tid in self.stop_ids:
                     ids = ids[:i]
                     break
-            out.append(self.tokenizer.decode(ids, skip_special_tokens=False))
+            out.append(str(self.tokenizer.decode(ids, skip_special_tokens=False)))
         return out
 
 

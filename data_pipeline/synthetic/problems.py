@@ -257,13 +257,13 @@ def linear(rng: random.Random, level: int) -> tuple[str, str, list[str], Fractio
     while c == a:
         c = rng.randint(1, 12)
     d = _nonzero(rng, -40, 40)
-    x = Fraction(d - a * b, a - c)
+    root = Fraction(d - a * b, a - c)
     inner = f"x {'+' if b > 0 else '-'} {abs(b)}"
     steps = [f"Expand the left side: {a}({inner}) = {_lin(a, a * b)}, so {_lin(a, a * b)} = {_lin(c, d)}.",
              f"Subtract {_lin(c, 0)} from both sides: {_lin(a - c, a * b)} = {d}.",
              f"{_remove(a * b)} both sides: {_lin(a - c, 0)} = {d - a * b}.",
-             f"Divide both sides by {a - c}: x = {fmt(x)}."]
-    return "parentheses", f"Solve for x: {a}({inner}) = {_lin(c, d)}.", steps, x, {"terms": 5}
+             f"Divide both sides by {a - c}: x = {fmt(root)}."]
+    return "parentheses", f"Solve for x: {a}({inner}) = {_lin(c, d)}.", steps, root, {"terms": 5}
 
 
 # ---------------------------------------------------------------------------------------------

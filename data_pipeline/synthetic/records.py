@@ -71,7 +71,7 @@ SCHEMA = pa.schema([
 assert SCHEMA.names == STORED, (SCHEMA.names, STORED)
 
 
-def backend_columns(describe: dict[str, str]) -> dict[str, str]:
+def backend_columns(describe: dict[str, str]) -> dict[str, Any]:
     return {f"backend_{k}": describe.get(k, "") for k in ("kind", "model", "model_sha256", "endpoint")}
 
 

@@ -102,7 +102,8 @@ def rejection_sample(problems: Sequence[Problem], backend: Backend, sampling: Sa
             records.append(Record(**_base(p, attempt), sample_seed=seed, **described, sampling=params,
                                   response=response, status=status, accepted=accepted, reason=reason,
                                   parsed_answer=parsed, drop_reason=drop,
-                                  text=trace_document(p, answer) if accepted and drop is None else None))
+                                  text=trace_document(p, answer) if answer is not None and accepted and drop is None
+                                  else None))
         if log:
             done = len(records)
             log.info("rejection sampling: %d/%d attempts, %d accepted", done, len(jobs),

@@ -134,9 +134,13 @@ class RejectionConfig(ConfigModel):
         return self
 
 
+RephraseStyle = Literal["wikipedia", "qa"]
+REPHRASE_STYLES: tuple[RephraseStyle, ...] = ("wikipedia", "qa")
+
+
 class RephraseConfig(ConfigModel):
     input: str  # a curated run directory
-    styles: list[Literal["wikipedia", "qa"]] = Field(default_factory=lambda: ["wikipedia", "qa"])
+    styles: list[RephraseStyle] = Field(default_factory=lambda: list(REPHRASE_STYLES))
     sources: list[str] | None = None  # only documents of these curated sources (None: all)
     max_documents: int | None = Field(None, ge=1)
     max_passage_chars: int = Field(2000, ge=100)
@@ -186,8 +190,8 @@ def plan(config: SynthConfig) -> list[str]:
             steps.append(f"sample {r.samples_per_problem} trace(s) per problem from {who}; verify; "
                          f"keep <= {r.keep_per_problem} correct per problem")
     if config.rephrase:
-        r = config.rephrase
-        steps.append(f"rephrase documents of {r.input} ({', '.join(r.styles)}) with {who}")
+        rephrase = config.rephrase
+        steps.append(f"rephrase documents of {rephrase.input} ({', '.join(rephrase.styles)}) with {who}")
     steps.append("drop exact duplicate texts")
     steps.append(f"write {config.run.dir}/{CURATED_DIR}/*.parquet, {RECORDS_FILE}, {QUARANTINE_DIR}/, {MANIFEST}")
     return steps
@@ -200,8 +204,10 @@ def document_id(text: str) -> str:
 def build_backend(config: BackendConfig, log=None):
     """The configured backend, checked before anything is written (an endpoint must answer /models)."""
     if config.kind == "local":
+        assert config.model_dir is not None  # BackendConfig requires it for kind local
         return LocalBackend(config.model_dir, config.device, config.dtype)
     if config.kind == "endpoint":
+        assert config.base_url is not None and config.model is not None  # required for kind endpoint
         backend = EndpointBackend(config.base_url, config.model, config.api_key_env, config.timeout_s,
                                   config.retries, config.backoff_s, config.concurrency, config.extra_body)
         served = backend.check()
@@ -312,15 +318,15 @@ def run(config: SynthConfig) -> Path:
             stages += _trace_stages(problems, traces, backend is None, p.count)
             records += traces
         if config.rephrase is not None:
-            r = config.rephrase
-            rephrased = wrap.rephrase_documents(source_docs, r.styles, backend, sampling, seed, r.max_passage_chars,
-                                                r.min_length_ratio, r.max_length_ratio, r.source)
+            rc = config.rephrase
+            rephrased = wrap.rephrase_documents(source_docs, rc.styles, backend, sampling, seed, rc.max_passage_chars,
+                                                rc.min_length_ratio, rc.max_length_ratio, rc.source)
             kept = [x for x in rephrased if x.accepted]
             stages.append(_stage("rephrase", rephrased, kept,
-                                 _nbytes(wrap.passage(d.text, r.max_passage_chars) for d in source_docs)
-                                 * len(r.styles), _nbytes(x.text for x in kept)))
+                                 _nbytes(wrap.passage(d.text, rc.max_passage_chars) for d in source_docs)
+                                 * len(rc.styles), _nbytes(x.text for x in kept)))
             for rec in rephrased:
-                url_of[id(rec)] = wrap.url_for(rec.template.split("/", 1)[1], rec.source_doc_id)
+                url_of[id(rec)] = wrap.url_for(rec.template.split("/", 1)[1], str(rec.source_doc_id))
             records += rephrased
     finally:
         if hasattr(backend, "close"):
@@ -330,6 +336,7 @@ def run(config: SynthConfig) -> Path:
     candidates = [r for r in records if r.text is not None and r.drop_reason is None]
     seen: set[str] = set()
     for rec in candidates:
+        assert rec.text is not None
         doc = document_id(rec.text)
         if doc in seen:
             rec.drop_reason = DROP_DUPLICATE
@@ -404,6 +411,7 @@ def _manifest(config: SynthConfig, root: Path, records: list[Record], kept: list
               stages: list[dict[str, Any]], outputs: list[dict[str, Any]], backend) -> dict[str, Any]:
     sources: dict[str, dict[str, Any]] = {}
     for r in kept:
+        assert r.source is not None and r.text is not None  # kept records are documents with provenance
         s = sources.setdefault(r.source, {"documents": 0, "bytes": 0, "licenses": {}, "generators": {}})
         s["documents"] += 1
         s["bytes"] += len(r.text.encode())

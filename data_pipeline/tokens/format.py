@@ -29,7 +29,7 @@ TOKENS_DIR = "tokens"
 PROVENANCE = "provenance.parquet"
 INDEX_SUFFIX = ".index"
 PROVENANCE_ROW_GROUP = 65536
-DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+DTYPES: dict[str, type[np.unsignedinteger]] = {"uint16": np.uint16, "uint32": np.uint32}
 
 PROVENANCE_SCHEMA = pa.schema([
     ("doc_index", pa.int64()),

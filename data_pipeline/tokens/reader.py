@@ -104,7 +104,7 @@ class MemmapCache:
 
     def __init__(self, capacity: int = MAX_OPEN):
         self.capacity = capacity
-        self.maps: OrderedDict[tuple[Path, str], np.memmap] = OrderedDict()
+        self.maps: OrderedDict[tuple[Path, str], np.ndarray] = OrderedDict()  # memmaps (empty: zeros)
 
     def get(self, path: Path, dtype: str) -> np.ndarray:
         key = (path, dtype)

@@ -93,7 +93,7 @@ class ShardWriter:
         self.shard_tokens = shard_tokens
         self.provenance = provenance
         self.shards: list[dict[str, Any]] = []
-        self.current = None
+        self.current: Any = None  # the open datatrove token file of the shard being written
         self.current_tokens = 0
         self.current_docs = 0
         self.n_tokens = 0

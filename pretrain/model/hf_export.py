@@ -204,7 +204,7 @@ def import_hf(path: str | Path) -> Transformer:
     """Our model (fp32) from a directory written by `export_hf` or by transformers' save_pretrained."""
     path = Path(path)
     cfg = config_from_hf(json.loads((path / "config.json").read_text()))
-    hf = {}
+    hf: dict[str, torch.Tensor] = {}
     for shard in sorted(path.glob("*.safetensors")):
         hf |= load_file(shard)
     state = {name: hf[hf_name] for name, hf_name in _hf_key_pairs(cfg)}

@@ -61,13 +61,14 @@ def rope_frequencies(head_dim: int, rope: RopeConfig) -> tuple[torch.Tensor, flo
         return (base / rope.factor).float(), 1.0
 
     assert rope.original_max_position is not None
+    original = rope.original_max_position
 
     def pair_index_at(rotations: float) -> float:
         """The (fractional) pair index that turns `rotations` times over the original context."""
-        return head_dim * math.log(rope.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
 
     low = max(math.floor(pair_index_at(rope.beta_fast)), 0)
-    high = min(math.ceil(pair_index_at(rope.beta_slow)), head_dim - 1)
+    high: float = min(math.ceil(pair_index_at(rope.beta_slow)), head_dim - 1)
     if low == high:
         high += 0.001
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
@@ -77,6 +78,9 @@ def rope_frequencies(head_dim: int, rope: RopeConfig) -> tuple[torch.Tensor, flo
 
 class RotaryEmbedding(nn.Module):
     """Precomputed cos/sin tables for positions 0..max_seq_len-1 (recomputed if a longer input arrives)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, rope: RopeConfig, max_seq_len: int) -> None:
         super().__init__()

@@ -42,6 +42,8 @@ class Router(nn.Module):
     lets it balance load without distorting the output (DeepSeek-V3).
     """
 
+    expert_bias: torch.Tensor
+
     def __init__(self, d_model: int, cfg: MoEConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -128,7 +130,7 @@ class Experts(nn.Module):
         if self.backend == "grouped_mm":
             offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)  # end row of each group
             return torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
-        if self.backend == "megablocks":
+        if self._gmm is not None:  # backend megablocks
             return self._gmm(x, w, counts.cpu(), trans_b=True)
         blocks = x.split(counts.tolist())  # "loop": the readable reference the tests compare against
         return torch.cat([block @ w[e].T for e, block in enumerate(blocks)])
@@ -140,6 +142,9 @@ class MoE(nn.Module):
     Buffers, not parameters, carry load, counted in training mode only: `tokens_per_expert` accumulates
     for logging until `reset_load()`; `pending_load` accumulates between two `update_expert_bias()` calls.
     """
+
+    tokens_per_expert: torch.Tensor
+    pending_load: torch.Tensor
 
     def __init__(self, d_model: int, cfg: MoEConfig) -> None:
         super().__init__()

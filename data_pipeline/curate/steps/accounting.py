@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -79,7 +79,7 @@ class ExclusionFile:
         self.path = Path(directory) / f"{rank:05d}.jsonl" if directory else None
         self.stage = stage
         self.text = text
-        self._fh = None
+        self._fh: TextIO | None = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
@@ -93,7 +93,7 @@ class ExclusionFile:
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
-        if self._fh is not None:
+        if self._fh is not None and self.path is not None:
             self._fh.close()
             os.replace(self._fh.name, self.path)
             self._fh = None

@@ -175,7 +175,7 @@ class SourceReader(PipelineStep):
         except UnicodeDecodeError:
             from resiliparse.parse.encoding import detect_encoding
 
-            return detect_encoding(raw)
+            return str(detect_encoding(raw))
 
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"

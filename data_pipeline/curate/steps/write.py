@@ -131,7 +131,8 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
     """manifest.json and reports/ from the per-task counts; `config_sha256` hashes `config` with each
     source's path replaced by the content name of its files, so it names no directory."""
     counts_dir = run_dir / "work" / "counts"
-    stage_entries, throughput = [], []
+    stage_entries: list[dict[str, Any]] = []
+    throughput: list[dict[str, Any]] = []
     for stage in stages:
         files = [counts_dir / stage / f"{rank:05d}.json" for rank in range(tasks)]
         missing = [f for f in files if not f.is_file()]
@@ -172,10 +173,10 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
             out.setdefault(name, Counter()).update(tally)
     source_entries = {
         s["name"]: {"license": s["license"], "version": s["version"], "released": s.get("released"),
-                    "documents": out.get(s["name"], {}).get("documents", 0),
-                    "bytes": out.get(s["name"], {}).get("bytes", 0),
-                    "records_in": read_in.get(s["name"], {}).get("records", 0),
-                    "quarantined": read_in.get(s["name"], {}).get("quarantined", 0),
+                    "documents": out.get(s["name"], Counter()).get("documents", 0),
+                    "bytes": out.get(s["name"], Counter()).get("bytes", 0),
+                    "records_in": read_in.get(s["name"], Counter()).get("records", 0),
+                    "quarantined": read_in.get(s["name"], Counter()).get("quarantined", 0),
                     "skipped": dict(sorted(skipped.get(s["name"], {}).items())),
                     "input": content_name(inputs.get(s["name"], []))}
         for s in sources
