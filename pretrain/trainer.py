@@ -168,8 +168,8 @@ class Trainer:
             rows = slice(i * micro, (i + 1) * micro)
             doc_ids = batch.doc_ids[rows].to(self.env.device) if batch.doc_ids is not None else None
             with engine.accumulate(is_last=i == n_micro - 1):
-                out = engine.model(batch.inputs[rows].to(self.env.device), doc_ids,
-                                   batch.targets[rows].to(self.env.device))
+                out = engine.model(batch.inputs[rows].to(self.env.device), doc_ids=doc_ids,
+                                   targets=batch.targets[rows].to(self.env.device))
                 ce = out.loss
                 loss = ce + out.aux_loss + out.z_loss
                 engine.backward(loss / n_micro)
@@ -244,8 +244,8 @@ class Trainer:
         for batch in self.data.val_batches(self.env.rank, self.env.world_size, self.cfg.trainer.micro_batch,
                                            self.cfg.data.document_masking):
             doc_ids = None if batch.doc_ids is None else batch.doc_ids.to(self.env.device)
-            out = model(batch.tokens[:, :-1].to(self.env.device), doc_ids, batch.tokens[:, 1:].to(self.env.device),
-                        "none")
+            out = model(batch.tokens[:, :-1].to(self.env.device), doc_ids=doc_ids,
+                        targets=batch.tokens[:, 1:].to(self.env.device), loss_reduction="none")
             ce = out.loss.double().cpu()
             slot = torch.where(batch.scored.flatten() >= 0, batch.scored.flatten(), len(sources))
             totals[0].index_add_(0, slot, ce)

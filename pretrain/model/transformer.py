@@ -91,7 +91,7 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def forward(self, tokens: torch.Tensor, doc_ids: torch.Tensor | None = None,
+    def forward(self, tokens: torch.Tensor, *, doc_ids: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None, loss_reduction: Literal["mean", "none"] = "mean") -> ModelOutput:
         """tokens [batch, seq]; doc_ids [batch, seq] (optional) keeps attention inside each document;
         targets [batch, seq] (optional): return their cross-entropy (`loss_reduction`) and no logits."""

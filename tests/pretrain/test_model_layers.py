@@ -119,12 +119,12 @@ def test_document_masking_isolates_packed_documents() -> None:
     doc_ids = torch.tensor([[0] * 12 + [1] * 20])
     with torch.no_grad():
         alone = model(second).logits
-        masked = model(packed, doc_ids).logits[:, 12:]
+        masked = model(packed, doc_ids=doc_ids).logits[:, 12:]
         unmasked = model(packed).logits[:, 12:]
         first_alone = model(first).logits
     # Same document, other absolute positions: RoPE makes attention depend on relative offsets only.
     torch.testing.assert_close(masked, alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model(packed, doc_ids).logits[:, :12], first_alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(packed, doc_ids=doc_ids).logits[:, :12], first_alone, atol=1e-5, rtol=1e-5)
     assert (unmasked - alone).abs().max() > 1e-3  # without doc ids the second document sees the first
 
 
@@ -148,7 +148,7 @@ def test_document_masking_has_gradients() -> None:
 
     def embedding_grad_of_second_doc_loss(ids: torch.Tensor | None) -> torch.Tensor:
         model.zero_grad()
-        model(inputs, ids, targets=targets, loss_reduction="none").loss[7:].sum().backward()
+        model(inputs, doc_ids=ids, targets=targets, loss_reduction="none").loss[7:].sum().backward()
         return embedded.pop().grad[0]
 
     masked = embedding_grad_of_second_doc_loss(doc_ids)
@@ -162,7 +162,7 @@ def test_document_masking_has_gradients() -> None:
     def grads(*batches: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> dict[str, torch.Tensor]:
         model.zero_grad()
         for x, y, ids in batches:
-            model(x, ids, targets=y, loss_reduction="none").loss.sum().backward()
+            model(x, doc_ids=ids, targets=y, loss_reduction="none").loss.sum().backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     targets[0, 6] = IGNORE_INDEX  # first's last token predicting second's first: in neither document alone
@@ -180,8 +180,8 @@ def test_flex_document_mask_on_cuda_matches_cpu_mask() -> None:
     tokens = torch.randint(0, 512, (2, 256))
     doc_ids = torch.cat([torch.zeros(2, 100, dtype=torch.long), torch.ones(2, 156, dtype=torch.long)], dim=1)
     with torch.no_grad():
-        cpu = model(tokens, doc_ids).logits
+        cpu = model(tokens, doc_ids=doc_ids).logits
     gpu_model = model.cuda()
-    out = gpu_model(tokens.cuda(), doc_ids.cuda())
+    out = gpu_model(tokens.cuda(), doc_ids=doc_ids.cuda())
     out.logits.float().pow(2).mean().backward()
     torch.testing.assert_close(out.logits.detach().cpu(), cpu, atol=2e-3, rtol=2e-3)
