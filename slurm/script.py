@@ -1,6 +1,8 @@
 """Render the sbatch script of one stage: a plain bash file a user can read, edit and resubmit by hand.
 
-Shape of a job (every stage):
+The script is a header rendered here (#SBATCH lines, the profile's environment, this job's values, the
+step command as the array STEP_CMD) followed by `job_body.sh` verbatim: the logic below is plain bash in
+that file, which shellcheck lints as it is. Shape of a job (every stage):
 
     #SBATCH lines (from the profile)          one task per node; `--signal=B:USR1@warn` to the batch shell
     profile setup lines, exported env
@@ -41,6 +43,7 @@ from slurm.profile import ClusterProfile
 from slurm.quoting import sbatch_quote, shell_command_line, shell_quote, slurm_filename_pattern
 
 TORCHRUN_STAGES = ("pretrain", "midtrain")
+BODY = Path(__file__).with_name("job_body.sh")  # the part of every job script that is the same for all
 
 # Runs each rank: its output into logs/<attempt>/rank<R>.log, its exit code into rank<R>.exit, and
 # TERM/USR1 forwarded to the rank (torchrun signals the process group; srun signals every process).
@@ -109,7 +112,8 @@ def _sbatch_line(option: str) -> str:
 
 
 def step_command(profile: ClusterProfile, spec: JobSpec) -> str:
-    """The srun line (with torchrun for training stages), as it appears in the script."""
+    """`STEP_CMD=(srun ...)`: the job step (with torchrun for training stages) as a bash array, which the
+    body (`job_body.sh`) starts in the background; its words are expanded where the array is assigned."""
     q = shell_quote
     wrapper = ["/bin/bash", "-c", RANK_WRAPPER, "atom-rank"]
     atom = ['"$PY"', "-m", "atom", spec.stage, '"$CONFIG"']
@@ -123,7 +127,7 @@ def step_command(profile: ClusterProfile, spec: JobSpec) -> str:
         parts = srun + torchrun + [q(w, multiline=True) for w in wrapper] + atom
     else:
         parts = srun + [q(w, multiline=True) for w in wrapper] + atom
-    return " \\\n    ".join(_group(parts))
+    return "STEP_CMD=(\n    " + "\n    ".join(_group(parts)) + "\n)"
 
 
 def _group(parts: list[str]) -> list[str]:
@@ -144,7 +148,8 @@ def _group(parts: list[str]) -> list[str]:
 
 
 def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> str:
-    """The whole script; `submitted_by` is the argv of the command that rendered it (kept as a comment)."""
+    """The whole script: a header of this job's values, then `job_body.sh` verbatim; `submitted_by` is the
+    argv of the command that rendered it (kept as a comment)."""
     q = shell_quote
     r = profile.requeue
     lines = ["#!/bin/bash", f"# Rendered by: {shell_command_line(submitted_by)}",
@@ -156,6 +161,8 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> s
     lines += list(profile.setup)
     lines += [f"export {k}={q(v)}" for k, v in sorted(profile.env.items()) if _env_name(k)]
     lines += [
+        "",
+        "# --- this job ---",
         f"PY={q(profile.python_path())}",
         f"CONFIG={q(str(spec.config))}",
         f"RUN_DIR={q(str(spec.run_dir))}",
@@ -164,70 +171,19 @@ def render(profile: ClusterProfile, spec: JobSpec, submitted_by: list[str]) -> s
         f"EXPECTED_RANKS={_expected_ranks(profile, spec)}",
         f"MAX_REQUEUES={r.max_requeues}",
         f"MAX_FAILURES={r.max_failures}",
+        f"EXIT_REQUEUE={EXIT_REQUEUE}",
+        f"EXIT_USER_ERROR={EXIT_USER_ERROR}",
         "RESTART=${SLURM_RESTART_COUNT:-0}",
         'export ATOM_LOG_DIR="$SLURM_DIR/logs/$SLURM_JOB_ID.$RESTART"',
         'mkdir -p "$ATOM_LOG_DIR"',
         'ATTEMPTS="$SLURM_DIR/attempts.tsv"',
         "",
-        "attempt() {  # attempt OUTCOME RC NOTE: one line per attempt, read by `atom jobs`",
-        '    printf "%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n" "$(date -u +%FT%TZ)" "$SLURM_JOB_ID" "$RESTART" "$1" "$2" "$3" \\',
-        '        >>"$ATTEMPTS"',
-        '    echo "atom-job: $1 (exit $2) $3"',
-        "}",
-        "count() { awk -F'\\t' -v j=\"$SLURM_JOB_ID\" -v o=\"$1\" '$2 == j && $4 == o' \"$ATTEMPTS\" 2>/dev/null"
-        " | wc -l; }",
-        "",
-        'if (( RESTART > MAX_REQUEUES + MAX_FAILURES )); then',
-        '    attempt gave-up 1 "restart $RESTART exceeds max_requeues + max_failures"; exit 1',
-        "fi",
-        "",
-        "# --- preemption: SLURM's warning (--signal=B:USR1@N), scancel --signal=USR1 --batch, or SIGTERM ---",
-        "STOP_REQUESTED=0",
-        "# shellcheck disable=SC2329  # invoked by the trap below",
-        'on_warning() { STOP_REQUESTED=1; echo "atom-job: stop requested, ranks checkpoint at the next step";'
-        ' touch "$RUN_DIR/STOP"; }',
-        "trap on_warning USR1 TERM",
-        'rm -f "$RUN_DIR/STOP"',
-        "",
         *(_rendezvous(profile) if spec.stage in TORCHRUN_STAGES else []),
-        step_command(profile, spec) + " &",
-        "STEP=$!",
-        'while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; done  # a trapped signal interrupts wait',
-        'wait "$STEP"; rc=$?',
+        step_command(profile, spec),
         "",
-        "# every rank writes its exit code as it ends; read them only once all are there (shared FS latency)",
-        "exits_written() { find \"$ATOM_LOG_DIR\" -maxdepth 1 -name 'rank*.exit' 2>/dev/null | wc -l; }",
-        "for _ in $(seq 60); do (( $(exits_written) >= EXPECTED_RANKS )) && break; sleep 1; done",
-        'codes=$(cat "$ATOM_LOG_DIR"/rank*.exit 2>/dev/null | sort -u | tr "\\n" " ")',
-        'other=$(for c in $codes; do [[ $c != 0 && $c != ' f"{EXIT_REQUEUE}" ' ]] && echo "$c"; done)',
-        'if (( $(exits_written) < EXPECTED_RANKS )); then',
-        '    other="$other missing"; codes="$codes missing"',
-        "fi",
-        "if (( rc == 0 )); then",
-        '    attempt completed 0 ""; exit 0',
-        "fi",
-        f'if [[ " $codes " == *" {EXIT_USER_ERROR} "* ]] && (( ! STOP_REQUESTED )); then',
-        f'    attempt user-error "$rc" "a rank exited {EXIT_USER_ERROR} (bad config or input): not resubmitted"; '
-        f"exit {EXIT_USER_ERROR}",
-        "fi",
-        f'if (( STOP_REQUESTED )) || [[ " $codes " == *" {EXIT_REQUEUE} "* && -z $other ]]; then',
-        "    n=$(count preempted)",
-        "    if (( n < MAX_REQUEUES )); then",
-        '        attempt preempted "$rc" "requeue $((n + 1)) of $MAX_REQUEUES (rank exits: $codes)"',
-        '        scontrol requeue "$SLURM_JOB_ID"; exit 0',
-        "    fi",
-        f'    attempt requeue-limit "$rc" "max_requeues=$MAX_REQUEUES reached; resubmit by hand to continue"; '
-        f"exit {EXIT_REQUEUE}",
-        "fi",
-        "n=$(count failed)",
-        "if (( n < MAX_FAILURES )); then",
-        '    attempt failed "$rc" "resubmit $((n + 1)) of $MAX_FAILURES from the last checkpoint (rank exits: $codes)"',
-        '    scontrol requeue "$SLURM_JOB_ID"; exit 0',
-        "fi",
-        'attempt failure-limit "$rc" "max_failures=$MAX_FAILURES reached (rank exits: $codes)"; exit "$rc"',
-        "",
+        f"# --- the job's logic: {BODY.name}, verbatim ---",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + BODY.read_text(encoding="utf-8")
 
 
 def _expected_ranks(profile: ClusterProfile, spec: JobSpec) -> int:

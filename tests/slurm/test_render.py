@@ -16,7 +16,7 @@ from atom import cli
 from core.config import ConfigError
 from slurm.profile import gpu_count, load_profile
 from slurm.quoting import sbatch_quote, shell_quote, slurm_filename_pattern
-from tests.slurm.helpers import HOSTILE
+from tests.slurm.helpers import HOSTILE, REPO
 
 NO_CLUSTER = ["--profile-set", "check_cluster=false"]
 
@@ -56,9 +56,10 @@ def test_dry_run_prints_script_and_writes_nothing(pretrain_config: Path, tmp_pat
     assert "#SBATCH --signal=B:USR1@60" in out and "#SBATCH --partition=debug" in out
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in out
     assert "from torch.distributed.run import main\n" in out  # torchrun through its USR1 shim
-    assert re.search(r"main\(\)' \\\n +--nnodes=\"\$SLURM_JOB_NUM_NODES\" --nproc-per-node=1 "
+    assert re.search(r"main\(\)'\n +--nnodes=\"\$SLURM_JOB_NUM_NODES\" --nproc-per-node=1 "
                      r'--rdzv-backend=c10d --rdzv-endpoint="\$MASTER_ADDR:\$RDZV_PORT"', out)
     assert '-m atom pretrain "$CONFIG"' in out
+    assert out.rstrip("\n").endswith((REPO / "slurm/job_body.sh").read_text().rstrip("\n"))  # the body, verbatim
     assert not (tmp_path / "run").exists()  # nothing written, nothing submitted
 
 
