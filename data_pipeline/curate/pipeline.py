@@ -117,33 +117,59 @@ def build_phases(config: CurateConfig) -> list[Phase]:
     check_inputs(config)
     stages = config.stages
     run = Path(config.run.dir).resolve()
-    work, counts = run / "work", str(run / "work" / "counts")
-    tasks = config.executor.tasks
-
-    def excluded(stage: str) -> str:
-        return str(run / "excluded" / stage)
-
     sources = [s.to_dict() | {"path": str(Path(s.path).resolve())} for s in config.sources]
+    steps, names = _filter_steps(config, run, sources)
+    phases: list[Phase] = []
+    if stages.exact_dedup.enabled:
+        steps, names = _exact_dedup(config, run, steps, names, phases)
+    if stages.minhash.enabled:
+        steps, names = _minhash_dedup(config, run, steps, names, phases)
+    if stages.decontamination.enabled:
+        d = stages.decontamination
+        steps.append(Decontaminate(_counts(run), _excluded(run, "decontaminate"), d.evals, d.fields, d.n))
+        names.append("decontaminate")
+    steps.append(CuratedWriter(str(run / "curated"), _counts(run), config.output.compression,
+                               config.output.row_group_size))
+    phases.append(Phase("curate", steps, config.executor.tasks, names))
+    all_stages = [name for phase in phases for name in phase.stages]
+    manifest = WriteManifest(str(run), all_stages, sources, recorded_curation_config(config), config.executor.tasks)
+    phases.append(Phase("manifest", [manifest], 1))
+    return phases
+
+
+def _counts(run: Path) -> str:
+    return str(run / "work" / "counts")
+
+
+def _excluded(run: Path, stage: str) -> str:
+    return str(run / "excluded" / stage)
+
+
+def _filter_steps(config: CurateConfig, run: Path, sources: list[dict[str, Any]]
+                  ) -> tuple[list[PipelineStep], list[str]]:
+    """Read, then the per-document stages (extraction, PII masking, language, URL and quality filters)."""
+    stages, counts = config.stages, _counts(run)
     pii = pii_settings(stages.pii) if stages.pii.enabled else None
     reader = SourceReader(sources, config.input.max_document_bytes, counts, str(run / "quarantine"), pii)
     steps: list[PipelineStep] = [reader]
     names = ["read"]
     if stages.extraction.enabled:
         e = stages.extraction
-        steps.append(Extract(counts, excluded("extract"), e.extractor, e.main_content, e.favour_precision))
+        steps.append(Extract(counts, _excluded(run, "extract"), e.extractor, e.main_content, e.favour_precision))
         names.append("extract")
     if pii is not None:
         steps.append(MaskPII(counts, pii))
         names.append("pii")
     if stages.language.enabled:
-        steps.append(LanguageId(counts, excluded("language"), stages.language.languages, stages.language.threshold))
+        steps.append(LanguageId(counts, _excluded(run, "language"), stages.language.languages,
+                                stages.language.threshold))
         names.append("language")
     if stages.url_filter.enabled:
         u = stages.url_filter
         params = {"soft_word_threshold": u.soft_word_threshold, "extra_domains": u.extra_domains or None,
                   "extra_urls": u.extra_urls or None, "banned_words": u.banned_words or None,
                   "use_integrated_lists": u.use_integrated_lists}
-        steps.append(UrlFilterStage(counts, excluded("url_filter"), params))
+        steps.append(UrlFilterStage(counts, _excluded(run, "url_filter"), params))
         names.append("url_filter")
     for stage in QUALITY_STAGES:
         section = getattr(stages, stage)
@@ -151,65 +177,69 @@ def build_phases(config: CurateConfig) -> list[Phase]:
             check_filter_params(stage, section.params, f"stages.{stage}.params")
             for lang, params in section.per_language.items():
                 check_filter_params(stage, params, f"stages.{stage}.per_language.{lang}")
-            steps.append(DatatroveFilterStage(stage, counts, excluded(stage), section.params, section.per_language))
+            steps.append(DatatroveFilterStage(stage, counts, _excluded(run, stage), section.params,
+                                              section.per_language))
             names.append(stage)
+    return steps, names
 
-    phases: list[Phase] = []
-    if stages.exact_dedup.enabled:
-        from datatrove.pipeline.dedup.exact_dedup import (
-            ExactDedupConfig,
-            ExactDedupFilter,
-            ExactDedupSignature,
-            ExactFindDedups,
-        )
-        from datatrove.utils.hashing import HashConfig
 
-        exact_config = ExactDedupConfig(content_getter=document_text, hash_config=HashConfig(precision=64))
-        folder = str(work / "after_filters")
-        steps += [RankFileWriter(folder), ExactDedupSignature(str(work / "exact" / "sigs"), exact_config)]
-        phases.append(Phase("filter", steps, tasks, names))
-        phases.append(Phase("exact_find", [ExactFindDedups(str(work / "exact" / "sigs"), str(work / "exact" / "dups"),
-                                                           exact_config)], 1))
-        inner = ExactDedupFilter(str(work / "exact" / "dups"), exact_config,
-                                 ReasonJsonlWriter(excluded("exact_dedup"), "exact_dedup", "exact_duplicate"))
-        steps = [RankFileReader(folder), AccountedStep(inner, "exact_dedup", "exact_duplicate", counts)]
-        names = ["exact_dedup"]
-    if stages.minhash.enabled:
-        from datatrove.pipeline.dedup.minhash import (
-            MinhashConfig,
-            MinhashDedupBuckets,
-            MinhashDedupCluster,
-            MinhashDedupFilter,
-            MinhashDedupSignature,
-        )
-        from datatrove.utils.hashing import HashConfig
+def _exact_dedup(config: CurateConfig, run: Path, steps: list[PipelineStep], names: list[str],
+                 phases: list[Phase]) -> tuple[list[PipelineStep], list[str]]:
+    """Close the running phase with exact-dedup signatures, add the phase that finds duplicates, and
+    return the steps that open the next phase (drop the duplicates)."""
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.utils.hashing import HashConfig
 
-        m = stages.minhash
-        mh_config = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
-                                  seed=m.seed, hash_config=HashConfig(precision=64))
-        folder = str(work / "before_minhash")
-        mh = work / "minhash"
-        steps += [RankFileWriter(folder), MinhashDedupSignature(str(mh / "sigs"), mh_config, language=SplitWords())]
-        phases.append(Phase("exact_filter" if stages.exact_dedup.enabled else "filter", steps, tasks, names))
-        buckets = MinhashDedupBuckets(str(mh / "sigs"), str(mh / "buckets"), config=mh_config)
-        phases.append(Phase("minhash_buckets", [buckets], m.num_buckets))
-        phases.append(Phase("minhash_cluster", [MinhashDedupCluster(str(mh / "buckets"), str(mh / "remove"),
-                                                                    config=mh_config)], 1))
-        inner = MinhashDedupFilter(str(mh / "remove"),
-                                   exclusion_writer=ReasonJsonlWriter(excluded("minhash_dedup"), "minhash_dedup",
-                                                                      "near_duplicate"))
-        steps = [RankFileReader(folder), AccountedStep(inner, "minhash_dedup", "near_duplicate", counts)]
-        names = ["minhash_dedup"]
-    if stages.decontamination.enabled:
-        d = stages.decontamination
-        steps.append(Decontaminate(counts, excluded("decontaminate"), d.evals, d.fields, d.n))
-        names.append("decontaminate")
-    steps.append(CuratedWriter(str(run / "curated"), counts, config.output.compression, config.output.row_group_size))
-    phases.append(Phase("curate", steps, tasks, names))
-    all_stages = [name for phase in phases for name in phase.stages]
-    manifest = WriteManifest(str(run), all_stages, sources, recorded_curation_config(config), tasks)
-    phases.append(Phase("manifest", [manifest], 1))
-    return phases
+    work = run / "work"
+    exact_config = ExactDedupConfig(content_getter=document_text, hash_config=HashConfig(precision=64))
+    folder = str(work / "after_filters")
+    steps = steps + [RankFileWriter(folder), ExactDedupSignature(str(work / "exact" / "sigs"), exact_config)]
+    phases.append(Phase("filter", steps, config.executor.tasks, names))
+    phases.append(Phase("exact_find", [ExactFindDedups(str(work / "exact" / "sigs"), str(work / "exact" / "dups"),
+                                                       exact_config)], 1))
+    inner = ExactDedupFilter(str(work / "exact" / "dups"), exact_config,
+                             ReasonJsonlWriter(_excluded(run, "exact_dedup"), "exact_dedup", "exact_duplicate"))
+    return [RankFileReader(folder), AccountedStep(inner, "exact_dedup", "exact_duplicate", _counts(run))], \
+        ["exact_dedup"]
+
+
+def _minhash_dedup(config: CurateConfig, run: Path, steps: list[PipelineStep], names: list[str],
+                   phases: list[Phase]) -> tuple[list[PipelineStep], list[str]]:
+    """Close the running phase with MinHash signatures, add the bucket and cluster phases, and return the
+    steps that open the next phase (drop the near-duplicates)."""
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.utils.hashing import HashConfig
+
+    m = config.stages.minhash
+    work = run / "work"
+    mh_config = MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
+                              seed=m.seed, hash_config=HashConfig(precision=64))
+    folder = str(work / "before_minhash")
+    mh = work / "minhash"
+    steps = steps + [RankFileWriter(folder), MinhashDedupSignature(str(mh / "sigs"), mh_config,
+                                                                   language=SplitWords())]
+    phases.append(Phase("exact_filter" if config.stages.exact_dedup.enabled else "filter", steps,
+                        config.executor.tasks, names))
+    buckets = MinhashDedupBuckets(str(mh / "sigs"), str(mh / "buckets"), config=mh_config)
+    phases.append(Phase("minhash_buckets", [buckets], m.num_buckets))
+    phases.append(Phase("minhash_cluster", [MinhashDedupCluster(str(mh / "buckets"), str(mh / "remove"),
+                                                                config=mh_config)], 1))
+    inner = MinhashDedupFilter(str(mh / "remove"),
+                               exclusion_writer=ReasonJsonlWriter(_excluded(run, "minhash_dedup"), "minhash_dedup",
+                                                                  "near_duplicate"))
+    return [RankFileReader(folder), AccountedStep(inner, "minhash_dedup", "near_duplicate", _counts(run))], \
+        ["minhash_dedup"]
 
 
 # ---------------------------------------------------------------------------------------------
