@@ -131,6 +131,33 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
     """manifest.json and reports/ from the per-task counts; `config_sha256` hashes `config` with each
     source's path replaced by the content name of its files, so it names no directory."""
     counts_dir = run_dir / "work" / "counts"
+    stage_entries, throughput = _stage_entries(counts_dir, stages, tasks)
+    source_entries, inputs = _source_entries(counts_dir, sources)
+    config = copy.deepcopy(config)
+    for entry in config["sources"]:
+        entry["path"] = content_name(inputs.get(entry["name"], []))
+    reports = run_dir / "reports"
+    write_json(reports / "decontamination.json", decontamination_report(_decontamination_matches(run_dir)))
+    write_json(reports / "throughput.json", {"stages": throughput})
+    read_stage = next((s for s in stage_entries if s["name"] == "read"), None)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "config_sha256": canonical_sha256(config),
+        "sources": source_entries,
+        "stages": stage_entries,
+        "quarantine": read_stage["dropped"] if read_stage else {},
+        "outputs": _outputs(run_dir),
+        "excluded": _excluded_files(run_dir, stages),
+        "reports": {"decontamination": "reports/decontamination.json", "throughput": "reports/throughput.json"},
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _stage_entries(counts_dir: Path, stages: list[str], tasks: int) -> tuple[list[dict[str, Any]],
+                                                                              list[dict[str, Any]]]:
+    """Per stage, its counts summed over tasks (each stage takes in what the previous one kept) and its
+    throughput entry."""
     stage_entries: list[dict[str, Any]] = []
     throughput: list[dict[str, Any]] = []
     for stage in stages:
@@ -152,7 +179,13 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
         seconds = total["seconds"]
         throughput.append({"name": stage, "documents_in": total["documents_in"], "cpu_seconds": round(seconds, 3),
                            "docs_per_cpu_second": round(total["documents_in"] / seconds, 1) if seconds else None})
+    return stage_entries, throughput
 
+
+def _source_entries(counts_dir: Path, sources: list[dict]) -> tuple[dict[str, dict[str, Any]],
+                                                                     dict[str, list[dict]]]:
+    """Per source: license, version, date, documents and bytes curated, records read and quarantined, paths
+    skipped, and the content name of its inputs; and the input file records per source."""
     read_in: dict[str, Counter] = {}
     inputs: dict[str, list[dict]] = {}
     skipped: dict[str, Counter] = {}  # source -> reason -> paths found but not read (quarantine/skipped/)
@@ -164,14 +197,11 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
             inputs.setdefault(name, []).extend(records)
         for name, reasons in counted.get("skipped", {}).items():
             skipped.setdefault(name, Counter()).update(reasons)
-    config = copy.deepcopy(config)
-    for entry in config["sources"]:
-        entry["path"] = content_name(inputs.get(entry["name"], []))
     out: dict[str, Counter] = {}
     for f in sorted((counts_dir / OUTPUT_COUNTS).glob("*.json")):
         for name, tally in json.loads(f.read_text(encoding="utf-8"))["sources"].items():
             out.setdefault(name, Counter()).update(tally)
-    source_entries = {
+    entries = {
         s["name"]: {"license": s["license"], "version": s["version"], "released": s.get("released"),
                     "documents": out.get(s["name"], Counter()).get("documents", 0),
                     "bytes": out.get(s["name"], Counter()).get("bytes", 0),
@@ -181,19 +211,28 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
                     "input": content_name(inputs.get(s["name"], []))}
         for s in sources
     }
+    return entries, inputs
 
+
+def _outputs(run_dir: Path) -> list[dict[str, Any]]:
     outputs = []
     for path in sorted((run_dir / "curated").glob("*.parquet")):
         record = file_record(path, run_dir)
         record["documents"] = pq.ParquetFile(path).metadata.num_rows
         outputs.append(record)
+    return outputs
 
+
+def _excluded_files(run_dir: Path, stages: list[str]) -> dict[str, list[str]]:
     excluded = {}
     for stage in stages:
         files = sorted((run_dir / "excluded" / stage).glob("*.jsonl"))
         if files:
             excluded[stage] = [f.relative_to(run_dir).as_posix() for f in files]
+    return excluded
 
+
+def _decontamination_matches(run_dir: Path) -> list[dict[str, Any]]:
     matches = []
     for f in sorted((run_dir / "excluded" / "decontaminate").glob("*.jsonl")):
         for line in f.read_text(encoding="utf-8").splitlines():
@@ -202,20 +241,4 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
             matches.append({"id": row["id"], "source": meta.get("source"), "url": meta.get("url"),
                             "eval_file": row.get("eval_file"), "eval_id": row.get("eval_id"),
                             "ngram": row.get("ngram")})
-    reports = run_dir / "reports"
-    write_json(reports / "decontamination.json", decontamination_report(matches))
-    write_json(reports / "throughput.json", {"stages": throughput})
-
-    read_stage = next((s for s in stage_entries if s["name"] == "read"), None)
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "config_sha256": canonical_sha256(config),
-        "sources": source_entries,
-        "stages": stage_entries,
-        "quarantine": read_stage["dropped"] if read_stage else {},
-        "outputs": outputs,
-        "excluded": excluded,
-        "reports": {"decontamination": "reports/decontamination.json", "throughput": "reports/throughput.json"},
-    }
-    write_json(run_dir / "manifest.json", manifest)
-    return manifest
+    return matches
