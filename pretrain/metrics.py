@@ -122,8 +122,32 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def benchmark_series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Each in-loop task's primary score over steps (the metric `atom eval` reports for it: `acc` for MC
+    letters, `acc_norm` for RC, `exact_match` for generation), labelled `<task> <metric>`."""
+    found: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for r in records:
+        for key, value in r.items():
+            if key.startswith("eval/") and key.count("/") == 2 and isinstance(value, (int, float)):
+                _, task, metric = key.split("/")
+                found.setdefault(task, {}).setdefault(metric, []).append((r["step"], value))
+    from core.config import ConfigError
+    from evaluation.catalog import get_task
+    from evaluation.runner import primary_metric
+
+    out = {}
+    for task, metrics in found.items():
+        try:
+            primary = primary_metric(get_task(task))
+        except ConfigError:  # a user's own JSONL task: multiple choice, scored as RC
+            primary = "acc_norm"
+        if primary in metrics:
+            out[f"{task} {primary}"] = metrics[primary]
+    return out
+
+
 def plot_metrics(jsonl: Path, png: Path) -> None:
-    """Loss (train and validation) and throughput against step, one PNG."""
+    """Loss (train and validation), throughput and in-loop benchmark scores against step, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +155,9 @@ def plot_metrics(jsonl: Path, png: Path) -> None:
 
     records = read_jsonl(jsonl)
     throughput = [(r["step"], r["tokens_per_s"]) for r in records if r.get("tokens_per_s")]
-    fig, axes = plt.subplots(1, 2 if throughput else 1, figsize=(11 if throughput else 6, 4), squeeze=False)
+    benchmarks = benchmark_series(records)
+    panels = 1 + bool(throughput) + bool(benchmarks)
+    fig, axes = plt.subplots(1, panels, figsize=(6 + 5 * (panels - 1), 4), squeeze=False)
     ax_loss = axes[0][0]
     for key, style in (("loss", "-"), ("val/loss", "o-")):
         points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
@@ -147,6 +173,14 @@ def plot_metrics(jsonl: Path, png: Path) -> None:
         ax_tput.set_xlabel("step")
         ax_tput.set_ylabel("tokens / s")
         ax_tput.grid(alpha=0.3)
+    if benchmarks:
+        ax_bench = axes[0][panels - 1]
+        for label, points in benchmarks.items():
+            ax_bench.plot(*zip(*points, strict=True), "o-", label=label, markersize=3)
+        ax_bench.set_xlabel("step")
+        ax_bench.set_ylabel("in-loop benchmark score")
+        ax_bench.legend(fontsize="small")
+        ax_bench.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=100, metadata={"Software": None})  # no version stamp: same data, same bytes
     plt.close(fig)

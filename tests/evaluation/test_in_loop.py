@@ -10,6 +10,7 @@ import torch
 
 from atom.cli import main
 from pretrain.config import DownstreamConfig
+from pretrain.metrics import benchmark_series, read_jsonl
 from pretrain.stage import run as pretrain
 from tests.pretrain.fixtures import build_token_dataset, tiny_pretrain
 
@@ -44,6 +45,9 @@ def test_in_loop_evals_are_logged_and_equal_atom_eval_of_the_checkpoint(data, tm
     assert sorted(logged) == [4, 8]
     assert set(logged[8]) == {"eval/arc_easy:rc_0shot/acc", "eval/arc_easy:rc_0shot/acc_norm",
                               "eval/mmlu:mc_0shot/acc", "eval/mmlu:mc_0shot/acc_norm"}
+    series = benchmark_series(read_jsonl(tmp_path / "run/metrics.jsonl"))  # what metrics.png plots
+    assert sorted(series) == ["arc_easy:rc_0shot acc_norm", "mmlu:mc_0shot acc"]
+    assert [step for step, _ in series["mmlu:mc_0shot acc"]] == [4, 8]
     eval_cfg = tmp_path / "eval.yaml"
     eval_cfg.write_text(json.dumps({"run": {"dir": str(tmp_path / "eval")}, "tasks": TASKS, "batch_size": 4}))
     assert main(["eval", str(tmp_path / "run"), str(eval_cfg), "--set", "step=4"]) == 0
