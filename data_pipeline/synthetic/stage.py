@@ -298,62 +298,15 @@ def run(config: SynthConfig) -> Path:
     log = rundir.logger()
     root = rundir.path
     _clear(root)
-    seed = config.run.seed
-
-    records: list[Record] = []
-    stages: list[dict[str, Any]] = []
-    url_of: dict[int, str] = {}
     try:
-        if config.problems is not None:
-            p = config.problems
-            problems = generate_problems(p.count, seed, p.generators, p.difficulties)
-            if backend is None:
-                traces = reference_records(problems)
-            else:
-                r = config.rejection
-                traces = rejection_sample(problems, backend, sampling, seed, r.samples_per_problem,
-                                          r.keep_per_problem, r.require_think, log)
-            for rec in traces:
-                rec.source, rec.license, rec.language = p.source, p.license, p.language
-            stages += _trace_stages(problems, traces, backend is None, p.count)
-            records += traces
-        if config.rephrase is not None:
-            rc = config.rephrase
-            rephrased = wrap.rephrase_documents(source_docs, rc.styles, backend, sampling, seed, rc.max_passage_chars,
-                                                rc.min_length_ratio, rc.max_length_ratio, rc.source)
-            kept = [x for x in rephrased if x.accepted]
-            stages.append(_stage("rephrase", rephrased, kept,
-                                 _nbytes(wrap.passage(d.text, rc.max_passage_chars) for d in source_docs)
-                                 * len(rc.styles), _nbytes(x.text for x in kept)))
-            for rec in rephrased:
-                url_of[id(rec)] = wrap.url_for(rec.template.split("/", 1)[1], str(rec.source_doc_id))
-            records += rephrased
+        records, stages, url_of = _generate(config, backend, sampling, source_docs, log)
     finally:
         if hasattr(backend, "close"):
             backend.close()
-
-    # exact dedup over everything that survived, in generation order
-    candidates = [r for r in records if r.text is not None and r.drop_reason is None]
-    seen: set[str] = set()
-    for rec in candidates:
-        assert rec.text is not None
-        doc = document_id(rec.text)
-        if doc in seen:
-            rec.drop_reason = DROP_DUPLICATE
-        else:
-            seen.add(doc)
-            rec.kept, rec.doc_id = True, doc
-    kept = [r for r in candidates if r.kept]
-    stages.append(_stage("dedup", candidates, kept, _nbytes(r.text for r in candidates), _nbytes(r.text for r in kept)))
-
+    kept = _dedup(records, stages)
     outputs = _write_curated(root, kept, url_of, config.docs_per_shard)
     pq.write_table(records_table(records), root / RECORDS_FILE, compression="zstd")
-    malformed = [r for r in records if r.drop_reason == DROP_MALFORMED]
-    if malformed:
-        lines = [json.dumps({"record_id": r.record_id, "template": r.template, "source_doc_id": r.source_doc_id,
-                             "reason": r.reason, "response": r.response}, ensure_ascii=False, sort_keys=True)
-                 for r in malformed]
-        write_atomic(root / QUARANTINE_DIR / "malformed.jsonl", "\n".join(lines) + "\n")
+    malformed = _quarantine_malformed(root, records)
 
     manifest = _manifest(config, root, records, kept, stages, outputs, backend)
     write_json(root / MANIFEST, manifest)
@@ -366,6 +319,68 @@ def run(config: SynthConfig) -> Path:
              attempted, accepted, attempted - accepted, len(malformed), len(kept), root)
     print_summary(root, manifest)
     return root
+
+
+def _generate(config: SynthConfig, backend: Any, sampling: Sampling, source_docs: list, log: Any
+              ) -> tuple[list[Record], list[dict[str, Any]], dict[int, str]]:
+    """Every record (reasoning traces, then rephrasings), the stage counts so far, and each rephrasing's URL."""
+    seed = config.run.seed
+    records: list[Record] = []
+    stages: list[dict[str, Any]] = []
+    url_of: dict[int, str] = {}
+    if config.problems is not None:
+        p = config.problems
+        problems = generate_problems(p.count, seed, p.generators, p.difficulties)
+        if backend is None:
+            traces = reference_records(problems)
+        else:
+            r = config.rejection
+            traces = rejection_sample(problems, backend, sampling, seed, r.samples_per_problem,
+                                      r.keep_per_problem, r.require_think, log)
+        for rec in traces:
+            rec.source, rec.license, rec.language = p.source, p.license, p.language
+        stages += _trace_stages(problems, traces, backend is None, p.count)
+        records += traces
+    if config.rephrase is not None:
+        rc = config.rephrase
+        rephrased = wrap.rephrase_documents(source_docs, rc.styles, backend, sampling, seed, rc.max_passage_chars,
+                                            rc.min_length_ratio, rc.max_length_ratio, rc.source)
+        kept = [x for x in rephrased if x.accepted]
+        stages.append(_stage("rephrase", rephrased, kept,
+                             _nbytes(wrap.passage(d.text, rc.max_passage_chars) for d in source_docs)
+                             * len(rc.styles), _nbytes(x.text for x in kept)))
+        for rec in rephrased:
+            url_of[id(rec)] = wrap.url_for(rec.template.split("/", 1)[1], str(rec.source_doc_id))
+        records += rephrased
+    return records, stages, url_of
+
+
+def _dedup(records: list[Record], stages: list[dict[str, Any]]) -> list[Record]:
+    """Exact dedup over everything that survived, in generation order; appends the dedup stage's counts."""
+    candidates = [r for r in records if r.text is not None and r.drop_reason is None]
+    seen: set[str] = set()
+    for rec in candidates:
+        assert rec.text is not None
+        doc = document_id(rec.text)
+        if doc in seen:
+            rec.drop_reason = DROP_DUPLICATE
+        else:
+            seen.add(doc)
+            rec.kept, rec.doc_id = True, doc
+    kept = [r for r in candidates if r.kept]
+    stages.append(_stage("dedup", candidates, kept, _nbytes(r.text for r in candidates), _nbytes(r.text for r in kept)))
+    return kept
+
+
+def _quarantine_malformed(root: Path, records: list[Record]) -> list[Record]:
+    """Responses without a readable answer, kept whole in quarantine/malformed.jsonl."""
+    malformed = [r for r in records if r.drop_reason == DROP_MALFORMED]
+    if malformed:
+        lines = [json.dumps({"record_id": r.record_id, "template": r.template, "source_doc_id": r.source_doc_id,
+                             "reason": r.reason, "response": r.response}, ensure_ascii=False, sort_keys=True)
+                 for r in malformed]
+        write_atomic(root / QUARANTINE_DIR / "malformed.jsonl", "\n".join(lines) + "\n")
+    return malformed
 
 
 def print_summary(root: Path, manifest: dict[str, Any]) -> None:
