@@ -249,6 +249,21 @@ def run(config: TokenizeConfig) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, root / fmt.TOKENIZER_DIR / name)
 
+    writer, provenance, sources = _write_shards(root, curated, tokenizer, tok_info, dtype, config)
+    manifest = _dataset_manifest(root, config, curated, tokenizer_dir, tok_info, dtype, writer, provenance, sources)
+    shards = manifest["shards"]
+    write_json(root / fmt.MANIFEST, manifest)
+    write_croissant(root, manifest)
+    log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
+             writer.n_docs, writer.n_tokens, dtype, len(shards), root)
+    print_summary(root, manifest)
+    return root
+
+
+def _write_shards(root: Path, curated: Any, tokenizer: Any, tok_info: dict[str, Any], dtype: str,
+                  config: TokenizeConfig) -> tuple[ShardWriter, _ProvenanceWriter, dict[str, dict[str, Any]]]:
+    """Encode every curated document (EOS appended) into shards and the provenance table; per source, its
+    tokens, documents and documents per license."""
     provenance = _ProvenanceWriter(root / fmt.PROVENANCE)
     writer = ShardWriter(root, dtype, config.shard_tokens, provenance)
     np_dtype = fmt.DTYPES[dtype]
@@ -267,13 +282,18 @@ def run(config: TokenizeConfig) -> Path:
             entry["licenses"][row["license"]] = entry["licenses"].get(row["license"], 0) + row["n_count"]
     writer.close()
     provenance.close()
+    return writer, provenance, sources
 
+
+def _dataset_manifest(root: Path, config: TokenizeConfig, curated: Any, tokenizer_dir: Path,
+                      tok_info: dict[str, Any], dtype: str, writer: ShardWriter, provenance: _ProvenanceWriter,
+                      sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
     shards = []
     for shard in writer.shards:
         path = root / shard["path"]
         shards.append({**file_record(path, root), **shard,
                        "index": file_record(path.with_name(path.name + fmt.INDEX_SUFFIX), root)})
-    manifest = {
+    return {
         "schema": fmt.DATASET_SCHEMA,
         "kind": "dataset",
         "code_version": code_version(),
@@ -293,12 +313,6 @@ def run(config: TokenizeConfig) -> Path:
         },
         "curation": curated.inherited(),
     }
-    write_json(root / fmt.MANIFEST, manifest)
-    write_croissant(root, manifest)
-    log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
-             writer.n_docs, writer.n_tokens, dtype, len(shards), root)
-    print_summary(root, manifest)
-    return root
 
 
 def print_summary(root: Path, manifest: dict[str, Any]) -> None:
