@@ -190,9 +190,10 @@ def _stage(root: Path, release: Release, stage_index: int, report: AuditReport, 
     records = metrics_records(base / "metrics.jsonl")
     agree(report, RELEASE_JSON, f"stages[{stage_index}].final_metrics", stage.final_metrics, last_losses(records),
           f"{stage.dir}/metrics.jsonl")
-    stated = stage.benchmarks.to_json_dict() if stage.benchmarks is not None else None
-    agree(report, RELEASE_JSON, f"stages[{stage_index}].benchmarks", stated,
-          in_loop_benchmarks(config, records, stage.step), f"{stage.dir}/metrics.jsonl and the eval data")
+    if "benchmarks" in stage.model_fields_set:  # releases made before in-loop benchmarks do not state them
+        stated = stage.benchmarks.to_json_dict() if stage.benchmarks is not None else None
+        agree(report, RELEASE_JSON, f"stages[{stage_index}].benchmarks", stated,
+              in_loop_benchmarks(config, records, stage.step), f"{stage.dir}/metrics.jsonl and the eval data")
 
 
 def _stage_config(base: Path, stage: Stage, report: AuditReport) -> dict[str, Any]:
