@@ -77,6 +77,27 @@ def open_curated(root: str | Path, verify_outputs: bool = True) -> CuratedRun:
     """Check a curated run against the input contract; ConfigError (nothing written) if it breaks it."""
     root = Path(root)
     manifest_path = root / MANIFEST
+    manifest = _curation_manifest(root, manifest_path)
+    files = sorted((root / CURATED_DIR).glob("*.parquet"))
+    if not files:
+        raise ConfigError(f"{root / CURATED_DIR}: no curated *.parquet shards")
+    if verify_outputs and manifest.get("outputs"):
+        _verify_outputs(root, manifest_path, manifest, files)
+    n_docs, sources, licenses, ids = _read_shards(files)
+    if n_docs == 0:
+        raise ConfigError(f"{root / CURATED_DIR}: curated shards hold no documents")
+    all_ids = pa.chunked_array(
+        [chunk for col in ids for chunk in col.cast(pa.large_string()).chunks], type=pa.large_string()
+    )
+    if pc.count_distinct(all_ids).as_py() != n_docs:
+        counts = pc.value_counts(all_ids)
+        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+        raise ConfigError(f"{root / CURATED_DIR}: document ids must be unique; '{dup}' appears more than once")
+    return CuratedRun(root, files, manifest, sha256_file(manifest_path), n_docs,
+                      dict(sorted(sources.items())), dict(sorted(licenses.items())))
+
+
+def _curation_manifest(root: Path, manifest_path: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise ConfigError(f"{root}: curated run directory not found")
     if not manifest_path.is_file():
@@ -88,24 +109,28 @@ def open_curated(root: str | Path, verify_outputs: bool = True) -> CuratedRun:
     if not isinstance(manifest, dict) or manifest.get("schema") != CURATION_SCHEMA:
         got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
         raise ConfigError(f"{manifest_path}: schema must be '{CURATION_SCHEMA}', got {got!r}")
-    files = sorted((root / CURATED_DIR).glob("*.parquet"))
-    if not files:
-        raise ConfigError(f"{root / CURATED_DIR}: no curated *.parquet shards")
+    return manifest
 
-    if verify_outputs and manifest.get("outputs"):
-        recorded = {}
-        for record in manifest["outputs"]:
-            if not isinstance(record, dict) or not {"path", "bytes", "sha256"} <= record.keys():
-                raise ConfigError(f"{manifest_path}: 'outputs' entries must be file records (path, bytes, sha256)")
-            recorded[record["path"]] = record
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            if rel not in recorded:
-                raise ConfigError(f"{path}: curated shard is not listed in {manifest_path} 'outputs'")
-            problem = verify_file_record(recorded[rel], root)
-            if problem:
-                raise ConfigError(f"{root}: curated shard does not match its manifest: {problem}")
 
+def _verify_outputs(root: Path, manifest_path: Path, manifest: dict[str, Any], files: list[Path]) -> None:
+    """Every shard is listed in the manifest's `outputs` with the bytes and sha256 it has."""
+    recorded = {}
+    for record in manifest["outputs"]:
+        if not isinstance(record, dict) or not {"path", "bytes", "sha256"} <= record.keys():
+            raise ConfigError(f"{manifest_path}: 'outputs' entries must be file records (path, bytes, sha256)")
+        recorded[record["path"]] = record
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if rel not in recorded:
+            raise ConfigError(f"{path}: curated shard is not listed in {manifest_path} 'outputs'")
+        problem = verify_file_record(recorded[rel], root)
+        if problem:
+            raise ConfigError(f"{root}: curated shard does not match its manifest: {problem}")
+
+
+def _read_shards(files: list[Path]) -> tuple[int, dict[str, int], dict[str, int], list[pa.ChunkedArray]]:
+    """Documents, documents per source and per license, and the id columns of the shards; a shard with a
+    wrong type, a null or an empty required value is a ConfigError naming it."""
     n_docs = 0
     sources: dict[str, int] = {}
     licenses: dict[str, int] = {}
@@ -133,17 +158,7 @@ def open_curated(root: str | Path, verify_outputs: bool = True) -> CuratedRun:
         for value in pc.value_counts(table.column("license")).to_pylist():
             licenses[value["values"]] = licenses.get(value["values"], 0) + value["counts"]
         seen_ids.append(table.column("id"))
-    if n_docs == 0:
-        raise ConfigError(f"{root / CURATED_DIR}: curated shards hold no documents")
-    all_ids = pa.chunked_array(
-        [chunk for col in seen_ids for chunk in col.cast(pa.large_string()).chunks], type=pa.large_string()
-    )
-    if pc.count_distinct(all_ids).as_py() != n_docs:
-        counts = pc.value_counts(all_ids)
-        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-        raise ConfigError(f"{root / CURATED_DIR}: document ids must be unique; '{dup}' appears more than once")
-    return CuratedRun(root, files, manifest, sha256_file(manifest_path), n_docs,
-                      dict(sorted(sources.items())), dict(sorted(licenses.items())))
+    return n_docs, sources, licenses, seen_ids
 
 
 def _null_count(parquet: pq.ParquetFile, column: str) -> int:
