@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from core.config import ConfigError, StageConfig
 from core.manifest import code_version, file_record, recorded_config_sha256
 from core.rundir import RunDir, write_json
 from core.stage import Stage
-from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, open_curated
+from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, CuratedRun, open_curated
 
 ROWS_PER_FILE = 50_000
 
@@ -61,62 +62,77 @@ def run(cfg: LongDocsConfig) -> Path:
     out_dir = run_dir.file(CURATED_DIR)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir()
-    dropped: Counter[str] = Counter()
-    kept_by_source: Counter[str] = Counter()
-    bytes_by_source: Counter[str] = Counter()
-    bytes_in = bytes_out = docs_in = 0
+    chosen = _select(cfg, curated, out_dir, run_dir.path)
+    kept = sum(chosen.kept_by_source.values())
+    if kept == 0:
+        raise ConfigError(f"min_chars: no document of {cfg.input} is long enough ({chosen.docs_in} documents read)")
+    inherited = curated.manifest
+    stage = {"name": "longdocs", "documents_in": chosen.docs_in, "documents_kept": kept,
+             "dropped": dict(chosen.dropped), "bytes_in": chosen.bytes_in, "bytes_out": chosen.bytes_out}
+    sources = {name: {**(inherited.get("sources") or {}).get(name, {}), "documents": chosen.kept_by_source[name],
+                      "bytes": chosen.bytes_by_source[name]} for name in sorted(chosen.kept_by_source)}
+    write_json(run_dir.file("manifest.json"), {
+        "schema": CURATION_SCHEMA, "sources": sources, "stages": [*inherited.get("stages", []), stage],
+        "quarantine": inherited.get("quarantine", {}), "outputs": chosen.outputs,
+        "config_sha256": recorded_config_sha256(cfg),
+        "parent": {"path": cfg.input, "manifest_sha256": curated.manifest_sha256},
+        "code_version": code_version()})
+    run_dir.logger().info(f"longdocs: kept {kept} of {chosen.docs_in} documents ({dict(chosen.dropped)})")
+    return run_dir.path
+
+
+@dataclass
+class _Selection:
+    """What selection kept and dropped, and the shards it wrote."""
+
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    kept_by_source: Counter[str] = field(default_factory=Counter)
+    bytes_by_source: Counter[str] = field(default_factory=Counter)
+    docs_in: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _select(cfg: LongDocsConfig, curated: CuratedRun, out_dir: Path, run_root: Path) -> _Selection:
+    """Keep each document at least its source's threshold long; write the kept ones in shards of
+    ROWS_PER_FILE rows, in input order."""
+    chosen = _Selection()
     pending: list[pa.Table] = []
-    outputs: list[dict[str, Any]] = []
 
     def flush() -> None:
         if not pending:
             return
         table = pa.concat_tables(pending)
-        path = out_dir / f"{len(outputs):05d}.parquet"
+        path = out_dir / f"{len(chosen.outputs):05d}.parquet"
         pq.write_table(table, path)
-        outputs.append({**file_record(path, run_dir.path), "documents": table.num_rows})
+        chosen.outputs.append({**file_record(path, run_root), "documents": table.num_rows})
         pending.clear()
 
     for _, batch in curated.batches(10_000):
         table = pa.Table.from_batches([batch]).select(list(COLUMNS))
-        rows = table.to_pylist()
         keep = []
-        for row in rows:
+        for row in table.to_pylist():
             size = len(row["text"].encode())
-            docs_in += 1
-            bytes_in += size
+            chosen.docs_in += 1
+            chosen.bytes_in += size
             limit = threshold(cfg, row["source"])
             if limit is None:
-                dropped["source_not_selected"] += 1
+                chosen.dropped["source_not_selected"] += 1
             elif len(row["text"]) < limit:
-                dropped["too_short"] += 1
+                chosen.dropped["too_short"] += 1
             else:
                 keep.append(True)
-                kept_by_source[row["source"]] += 1
-                bytes_by_source[row["source"]] += size
-                bytes_out += size
+                chosen.kept_by_source[row["source"]] += 1
+                chosen.bytes_by_source[row["source"]] += size
+                chosen.bytes_out += size
                 continue
             keep.append(False)
         pending.append(table.filter(pa.array(keep)))
         if sum(t.num_rows for t in pending) >= ROWS_PER_FILE:
             flush()
     flush()
-    kept = sum(kept_by_source.values())
-    if kept == 0:
-        raise ConfigError(f"min_chars: no document of {cfg.input} is long enough ({docs_in} documents read)")
-    inherited = curated.manifest
-    stage = {"name": "longdocs", "documents_in": docs_in, "documents_kept": kept, "dropped": dict(dropped),
-             "bytes_in": bytes_in, "bytes_out": bytes_out}
-    sources = {name: {**(inherited.get("sources") or {}).get(name, {}), "documents": kept_by_source[name],
-                      "bytes": bytes_by_source[name]} for name in sorted(kept_by_source)}
-    write_json(run_dir.file("manifest.json"), {
-        "schema": CURATION_SCHEMA, "sources": sources, "stages": [*inherited.get("stages", []), stage],
-        "quarantine": inherited.get("quarantine", {}), "outputs": outputs,
-        "config_sha256": recorded_config_sha256(cfg),
-        "parent": {"path": cfg.input, "manifest_sha256": curated.manifest_sha256},
-        "code_version": code_version()})
-    run_dir.logger().info(f"longdocs: kept {kept} of {docs_in} documents ({dict(dropped)})")
-    return run_dir.path
+    return chosen
 
 
 STAGE = Stage("longdocs", "select long documents of a curated run (long-context mid-training data)",
