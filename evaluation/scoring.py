@@ -122,11 +122,14 @@ class Unencodable(ValueError):
 def loglikelihoods(logits: Logits, codec: Codec, requests: Sequence[Request], max_len: int, batch_size: int,
                    device: torch.device, progress: Progress | None = None) -> list[Loglikelihood]:
     encoded = [encode_pair(codec, r.context, r.continuation) for r in requests]
+    checked: set[str] = set()  # choices repeat across instances (MC letters): each distinct one is checked once
     for i, (r, (_, cont)) in enumerate(zip(requests, encoded, strict=True)):
         if not cont:
             raise Unencodable(i, r.continuation, "encodes to no token after its context")
-        if codec.decode(codec.encode(r.continuation)) != r.continuation:
-            raise Unencodable(i, r.continuation, "does not survive encoding (the tokenizer cannot represent it)")
+        if r.continuation not in checked:
+            if codec.decode(codec.encode(r.continuation)) != r.continuation:
+                raise Unencodable(i, r.continuation, "does not survive encoding (the tokenizer cannot represent it)")
+            checked.add(r.continuation)
     inputs = [tuple((ctx + cont)[-(max_len + 1):][:-1]) for ctx, cont in encoded]
     rows, row_of = rows_for(inputs)
     by_row: dict[int, list[int]] = {}

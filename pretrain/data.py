@@ -160,7 +160,8 @@ class DataLoader:
         for i, w in enumerate(mine):
             window, window_docs = self.windows.read(int(w), self.document_masking)
             tokens[i] = window
-            if docs is not None and window_docs is not None:
+            if docs is not None:
+                assert window_docs is not None  # read with document masking gives the window's document ids
                 docs[i] = window_docs
         rows_t = torch.from_numpy(tokens)
         doc_ids = torch.from_numpy(docs[:, :-1].copy()) if docs is not None else None

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -92,8 +92,8 @@ class TrainingData:
             read = [self.windows.read(windows[0] if w is None else w, with_docs) for w in rows]
             scored = [np.full(self.windows.seq_len, -1) if w is None else self.held_out.scored(w) for w in rows]
             yield ValBatch(torch.from_numpy(np.stack([t for t, _ in read])),
-                           torch.from_numpy(np.stack([d[:-1] for _, d in read if d is not None])) if with_docs
-                           else None,
+                           torch.from_numpy(np.stack([cast(np.ndarray, d)[:-1] for _, d in read]))
+                           if with_docs else None,
                            torch.from_numpy(np.stack(scored)))
 
 

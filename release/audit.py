@@ -38,8 +38,9 @@ from core.manifest_model import ManifestError
 from core.rundir import recorded_config_digest, tree_digest
 from data_pipeline.audit import audit_data, audit_provenance
 from data_pipeline.tokens import format as fmt
+from pretrain.metrics import read_jsonl
 from release import data as rdata
-from release.build import CHECKPOINTS_JSON, SUMS, TOKENIZER_FILES
+from release.build import CHECKPOINTS_JSON, METRICS, SUMS, TOKENIZER_FILES
 from release.card import render_card
 from release.lineage import (
     CONFIG,
@@ -53,7 +54,7 @@ from release.lineage import (
     trained_windows,
 )
 from release.manifest import RELEASE_JSON, SCHEMA, ContaminationSummary, ParentLink, Release, Stage, read_release
-from release.scores import in_loop_benchmarks, last_losses, metrics_records
+from release.scores import in_loop_benchmarks, last_losses
 
 PROMPT = "def "
 NEW_TOKENS = 8
@@ -122,17 +123,14 @@ def _contamination(root: Path, release: Release, stated: ContaminationSummary, d
           "contamination.sources")
     given = {sha256_file(Path(d) / fmt.MANIFEST) for d in data if (Path(d) / fmt.MANIFEST).is_file()}
     if not {s.data.manifest_sha256 for s in release.stages} <= given:
-        names = list(stated.eval_sets)
         from evaluation.catalog import EVAL_SETS
-        from release.contamination import predates
+        from release.contamination import set_dates
 
-        newest = newest_source(sources)
-        released = sources[newest]["released"] if newest else None
-        got = {n: (EVAL_SETS[n].published, predates(EVAL_SETS[n].published, released)) if n in EVAL_SETS else ABSENT
-               for n in names}
+        known = [n for n in stated.eval_sets if n in EVAL_SETS]
+        got = {**set_dates(known, sources), **{n: ABSENT for n in stated.eval_sets if n not in EVAL_SETS}}
         agree(report, RELEASE_JSON, "contamination.eval_sets publication dates",
-              {n: (e.published, e.predates_data) for n, e in stated.eval_sets.items()}, got,
-              "the eval catalog and the newest source")
+              {n: {"published": e.published, "predates_data": e.predates_data} for n, e in stated.eval_sets.items()},
+              got, "the eval catalog and the newest source")
         return  # the counts need every stage's documents: --data for each
     recomputed = release_summary(contamination(root, data, list(stated.eval_sets)), sources)
     agree(report, RELEASE_JSON, "contamination", stated.to_json_dict(), recomputed,
@@ -187,7 +185,7 @@ def _stage(root: Path, release: Release, stage_index: int, report: AuditReport, 
         _stage_documents(data_dir, stage, header["stream"], manifest, dataset_roots, windows, report, allow)
     if stage.parent is not None:
         _stage_parent(root, release, stage, stage.parent, report)
-    records = metrics_records(base / "metrics.jsonl")
+    records = read_jsonl(base / METRICS) if (base / METRICS).is_file() else []
     agree(report, RELEASE_JSON, f"stages[{stage_index}].final_metrics", stage.final_metrics, last_losses(records),
           f"{stage.dir}/metrics.jsonl")
     if "benchmarks" in stage.model_fields_set:  # releases made before in-loop benchmarks do not state them

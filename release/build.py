@@ -29,7 +29,7 @@ from core.manifest import git_checkout, sha256_file
 from core.rundir import recorded_config_digest, write_json
 from data_pipeline.tokens import format as fmt
 from pretrain.checkpoint import COMPLETE, checkpoint_digest, list_checkpoints, verify
-from pretrain.metrics import plot_metrics, reproducible
+from pretrain.metrics import plot_metrics, read_jsonl, reproducible
 from release import data as rdata
 from release.card import render_card
 from release.lineage import (
@@ -45,7 +45,7 @@ from release.lineage import (
     trainer_state,
 )
 from release.manifest import RELEASE_JSON, SCHEMA, Release, read_release
-from release.scores import in_loop_benchmarks, last_losses, metrics_records
+from release.scores import in_loop_benchmarks, last_losses
 
 SUMS = "SHA256SUMS"
 CHECKPOINTS_JSON = "checkpoints.json"
@@ -120,7 +120,7 @@ def stage_record(stage: StageRecord, index: int, stage_dir: str, out: Path) -> d
     last_batch = int(stage.records[-1]["batch"]) if stage.records else -1
     used = next(c for c in checkpoints if c["step"] == stage.step)
     evals = json.loads((stage.run_dir / "evals.json").read_text()) if "evals.json" in present else None
-    metrics = metrics_records(dst / METRICS)
+    metrics = read_jsonl(dst / METRICS) if METRICS in present else []
     return {
         "index": index, "kind": stage.kind, "run_name": stage.run_dir.name, "dir": stage_dir,
         "files": present + [CHECKPOINTS_JSON],

@@ -110,15 +110,20 @@ def predates(published: str, released: str | None) -> bool | None:
     return None if released is None else published <= released[:7]
 
 
-def release_summary(report: ContaminationReport, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """release.json's `contamination`: what the card's contamination table shows."""
+def set_dates(eval_sets: list[str], sources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per eval set: its publication month and whether it predates the newest trained source."""
     newest = newest_source(sources)
     released = sources[newest]["released"] if newest else None
-    return {"ngram": NGRAM, "sources": sources, "newest_source": newest,
+    return {s: {"published": EVAL_SETS[s].published, "predates_data": predates(EVAL_SETS[s].published, released)}
+            for s in eval_sets}
+
+
+def release_summary(report: ContaminationReport, sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """release.json's `contamination`: what the card's contamination table shows."""
+    dates = set_dates(report.eval_sets, sources)
+    return {"ngram": NGRAM, "sources": sources, "newest_source": newest_source(sources),
             "trained_documents": {str(k): v for k, v in sorted(report.trained_documents.items())},
-            "eval_sets": {s: {"published": EVAL_SETS[s].published, "predates_data": predates(EVAL_SETS[s].published,
-                                                                                               released),
-                              "instances": report.instances[s], "overlapping": report.overlapping(s),
+            "eval_sets": {s: {**dates[s], "instances": report.instances[s], "overlapping": report.overlapping(s),
                               "documents": len({(h.stage, h.document) for h in report.hits if h.eval_set == s})}
                           for s in report.eval_sets}}
 

@@ -8,19 +8,11 @@ eval data for instance counts and chance), so `atom audit` recomputes every figu
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError
 from evaluation.config import TaskConfig
 from evaluation.runner import chance, load_items, primary_metric
-
-
-def metrics_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def last_losses(records: list[dict[str, Any]]) -> dict[str, float]:
