@@ -52,10 +52,12 @@ import yaml
 from core.audit import AuditReport, agree, differences
 from core.config import ConfigError, load_yaml_tree
 from core.manifest import sha256_file, verify_file_record
+from core.manifest_model import ManifestError, VersionedManifest
 from core.rundir import CONFIG_FILE
 from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CURATION_SCHEMA
+from data_pipeline.tokens.manifest import DatasetManifest, MixtureManifest
 
 CHUNK = 1 << 24  # tokens per read when scanning a shard
 
@@ -118,6 +120,17 @@ def _read_manifest(root: Path, report: AuditReport, prefix: str = "") -> dict[st
     return manifest
 
 
+def _valid(report: AuditReport, model: type[VersionedManifest], manifest: dict[str, Any], root: Path,
+           mname: str) -> bool:
+    """The manifest has every key of its schema version with the type it states (else one failed check
+    naming the keys, and the checks that read them are not run)."""
+    try:
+        model.parse(manifest, str(root / fmt.MANIFEST))
+    except ManifestError as exc:
+        return report.add(mname, "schema", False, str(exc))
+    return report.add(mname, "schema", True, "")
+
+
 def _file(report: AuditReport, record: dict[str, Any], root: Path, prefix: str, field: str) -> bool:
     """The file a manifest record (at `field`) names has its sha256 and size. A file with the recorded
     sha256 but another size means the manifest's `bytes` was edited: that fails on the manifest."""
@@ -165,15 +178,15 @@ def _tokenizer_facts(root: Path, tok: dict[str, Any], report: AuditReport, prefi
 
 def _audit_dataset(root: Path, manifest: dict[str, Any], report: AuditReport, allow, prefix: str) -> None:
     mname = prefix + fmt.MANIFEST
-    try:
-        shards = manifest["shards"]
-        tok = manifest["tokenizer"]
-        eos, vocab, dtype_name = int(tok["eos_id"]), int(tok["vocab_size"]), str(manifest["dtype"])
-        n_tokens, n_docs = int(manifest["n_tokens"]), int(manifest["n_docs"])
-        config = manifest.get("config") or {}
-        fmt.DTYPES[dtype_name]  # noqa: B018 - a KeyError here is a malformed manifest
-    except (KeyError, TypeError, ValueError) as exc:
-        report.add(mname, "required keys", False, f"malformed manifest: {exc!r}")
+    if not _valid(report, DatasetManifest, manifest, root, mname):
+        return
+    shards = manifest["shards"]
+    tok = manifest["tokenizer"]
+    eos, vocab, dtype_name = tok["eos_id"], tok["vocab_size"], manifest["dtype"]
+    n_tokens, n_docs = manifest["n_tokens"], manifest["n_docs"]
+    config = manifest["config"]
+    if not report.add(mname, "dtype", dtype_name in fmt.DTYPES,
+                      f"dtype {dtype_name!r} is not one of {sorted(fmt.DTYPES)}"):
         return
     if not prefix:
         report.summary.update({"tokens": n_tokens, "documents": n_docs, "shards": len(shards)})
@@ -435,14 +448,12 @@ Provenance = tuple[pa.Table, dict[str, tuple[int, int]]]  # a dataset's provenan
 
 def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, allow) -> None:
     mname = fmt.MANIFEST
-    try:
-        seq_rec = manifest["sequence"]["array"]
-        table_rec = manifest["sequence"]["table"]
-        n_tokens, n_docs = int(manifest["n_tokens"]), int(manifest["n_docs"])
-        entries = manifest["datasets"]
-    except (KeyError, TypeError, ValueError) as exc:
-        report.add(mname, "required keys", False, f"malformed manifest: {exc!r}")
+    if not _valid(report, MixtureManifest, manifest, root, mname):
         return
+    seq_rec = manifest["sequence"]["array"]
+    table_rec = manifest["sequence"]["table"]
+    n_tokens, n_docs = manifest["n_tokens"], manifest["n_docs"]
+    entries = manifest["datasets"]
     report.summary.update({"tokens": n_tokens, "documents": n_docs, "datasets": len(entries)})
     ok_seq = _file(report, seq_rec, root, "", "sequence.array")
     _file(report, table_rec, root, "", "sequence.table")

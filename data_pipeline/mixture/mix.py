@@ -32,6 +32,7 @@ from core.rundir import RunDir, write_json
 from core.stage import Stage
 from data_pipeline.croissant import write_croissant
 from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.manifest import MixtureManifest
 from data_pipeline.tokens.reader import TokenDataset
 
 
@@ -155,6 +156,7 @@ def run(config: MixConfig) -> Path:
     picked = docs.take(pa.array(rows))
     lengths = _write_sequence(root, picked, epoch)
     manifest = _manifest(config, goal, available, datasets, root, picked, epoch, lengths)
+    MixtureManifest.parse(manifest, f"{root / fmt.MANIFEST} (being written)")
     write_json(root / fmt.MANIFEST, manifest)
     write_croissant(root, manifest)
     log.info("mix: %d documents, %d tokens (target %d) from %s -> %s", len(rows), manifest["n_tokens"],

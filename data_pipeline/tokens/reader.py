@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from core.config import ConfigError
 from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.manifest import DatasetManifest, MixtureManifest
 
 MAX_OPEN = 64
 
@@ -126,6 +127,7 @@ class TokenDataset:
         self.root, self.manifest = read_manifest(path)
         if self.manifest.get("schema") != fmt.DATASET_SCHEMA:
             raise ConfigError(f"{self.root}: not a token dataset (schema {self.manifest.get('schema')!r})")
+        DatasetManifest.parse(self.manifest, str(self.root / fmt.MANIFEST))
         self.dtype: str = self.manifest["dtype"]
         self.eos_id: int = self.manifest["tokenizer"]["eos_id"]
         self.n_tokens: int = self.manifest["n_tokens"]
@@ -230,6 +232,7 @@ class TokenMixture:
         self.root, self.manifest = read_manifest(path)
         if self.manifest.get("schema") != fmt.MIXTURE_SCHEMA:
             raise ConfigError(f"{self.root}: not a mixture (schema {self.manifest.get('schema')!r})")
+        MixtureManifest.parse(self.manifest, str(self.root / fmt.MANIFEST))
         self.datasets = [TokenDataset(self.root / d["path"]) for d in self.manifest["datasets"]]
         self.dtype: str = self.manifest["dtype"]
         self.n_tokens: int = self.manifest["n_tokens"]

@@ -27,6 +27,7 @@ from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
 from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CuratedRun, open_curated
+from data_pipeline.tokens.manifest import DatasetManifest
 
 
 class TokenizeConfig(StageConfig):
@@ -252,6 +253,7 @@ def run(config: TokenizeConfig) -> Path:
     writer, provenance, sources = _write_shards(root, curated, tokenizer, tok_info, dtype, config)
     manifest = _dataset_manifest(root, config, curated, tokenizer_dir, tok_info, dtype, writer, provenance, sources)
     shards = manifest["shards"]
+    DatasetManifest.parse(manifest, f"{root / fmt.MANIFEST} (being written)")
     write_json(root / fmt.MANIFEST, manifest)
     write_croissant(root, manifest)
     log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",

@@ -286,3 +286,35 @@ def test_curation_is_compared_with_the_curated_runs_manifest_when_present(data, 
     shutil.rmtree(curated)
     report = audit_data(ds)
     assert report.ok and report.summary["curation"].startswith("not compared")
+
+
+@pytest.mark.parametrize("kind, edit, key", [
+    ("dataset", lambda m: m.update(n_tokens=str(m["n_tokens"])), "n_tokens"),
+    ("dataset", lambda m: m["shards"][0].pop("token_offset"), "shards[0].token_offset"),
+    ("dataset", lambda m: m.update(surprise=1), "surprise"),
+    ("mixture", lambda m: m.pop("sequence"), "sequence"),
+    ("mixture", lambda m: m["sources"][next(iter(m["sources"]))].update(docs=-1), "docs"),
+])
+def test_manifest_off_its_schema_fails_naming_the_key(copy, kind, edit, key, capsys):
+    """A manifest that does not have the shape of its schema version is one failed check that names the key
+    and the version (not a KeyError, and not checks run on values of the wrong type); the readers refuse it."""
+    from core.manifest_model import ManifestError
+    from data_pipeline.tokens.reader import TokenDataset, TokenMixture
+
+    manifest = _manifest(copy / kind)
+    edit(manifest)
+    _save(copy / kind, manifest)
+    assert main(["audit", str(copy / kind)]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "manifest.json: schema" in line)
+    assert key in line and f"atom.{'tokens' if kind == 'dataset' else 'mixture'}/1" in line, out
+    with pytest.raises(ManifestError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        (TokenDataset if kind == "dataset" else TokenMixture)(copy / kind)
+
+
+def test_manifest_of_another_schema_version_is_refused_naming_it(copy, capsys):
+    manifest = _manifest(copy / "dataset")
+    manifest["schema"] = "atom.tokens/9"
+    _save(copy / "dataset", manifest)
+    assert main(["audit", str(copy / "dataset")]) == 1
+    assert "unknown schema 'atom.tokens/9'" in capsys.readouterr().out
