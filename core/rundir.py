@@ -82,6 +82,16 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, canonical_json(obj))
 
 
+def recorded_inputs(run_dir: Path) -> dict[str, str] | None:
+    """The input digests the run directory's inputs.json records (None for a run claimed without inputs):
+    a stage's manifest carries them, so the record a release ships says which bytes the stage read."""
+    path = Path(run_dir) / INPUTS_FILE
+    if not path.is_file():
+        return None
+    inputs: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))["inputs"]
+    return inputs
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}

@@ -97,9 +97,10 @@ def audit_data(path: str | Path, allow_licenses: Iterable[str] | None = None) ->
         _audit_mixture(root, manifest, report, allow)
     elif schema == CURATION_SCHEMA:
         from data_pipeline.curate.audit import audit_curation
+        from data_pipeline.synthetic.audit import audit_synthetic
 
-        report.kind = "curation run"
-        audit_curation(root, manifest, report, allow)
+        report.kind = "synthetic run" if manifest.get("kind") == "synthetic" else "curation run"
+        (audit_synthetic if manifest.get("kind") == "synthetic" else audit_curation)(root, manifest, report, allow)
     else:
         report.add(fmt.MANIFEST, "schema", False, f"unknown schema {schema!r}")
     return report

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from core.config import ConfigError, StageConfig
 from core.manifest import code_version, file_record, recorded_config_sha256
-from core.rundir import RunDir, write_json
+from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
 from data_pipeline.tokens.curated import COLUMNS, CURATED_DIR, CURATION_SCHEMA, CuratedRun, open_curated
 
@@ -76,6 +76,7 @@ def run(cfg: LongDocsConfig) -> Path:
         "quarantine": inherited.get("quarantine", {}), "outputs": chosen.outputs,
         "config_sha256": recorded_config_sha256(cfg),
         "parent": {"path": cfg.input, "manifest_sha256": curated.manifest_sha256},
+        "inputs": recorded_inputs(run_dir.path),
         "code_version": code_version()})
     run_dir.logger().info(f"longdocs: kept {kept} of {chosen.docs_in} documents ({dict(chosen.dropped)})")
     return run_dir.path

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, file_record, recorded_config, sha256_file
-from core.rundir import RunDir, write_json
+from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
 from data_pipeline.croissant import write_croissant
 from data_pipeline.tokens import format as fmt
@@ -296,6 +296,7 @@ def _manifest(config: MixConfig, goal: dict[str, int], available: Available, dat
         "sequence": {"array": file_record(root / fmt.SEQUENCE_ARRAY, root),
                      "table": file_record(root / fmt.SEQUENCE_TABLE, root)},
         "curation": [ds.manifest.get("curation") for ds in datasets],
+        "inputs": recorded_inputs(root),
     }
 
 

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, file_record, recorded_config, recorded_config_sha256
-from core.rundir import RunDir, write_atomic, write_json
+from core.rundir import RunDir, recorded_inputs, write_atomic, write_json
 from core.stage import Stage
 from data_pipeline.languages import check_language_codes
 from data_pipeline.synthetic import rephrase as wrap
@@ -450,6 +450,7 @@ def _manifest(config: SynthConfig, root: Path, records: list[Record], kept: list
         "code_version": code_version(),
         "config": recorded_config(config),
         "config_sha256": recorded_config_sha256(config),
+        "inputs": recorded_inputs(root),
         "sources": dict(sorted(sources.items())),
         "stages": stages,
         "quarantine": {DROP_MALFORMED: quarantined},

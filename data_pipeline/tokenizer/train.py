@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, file_record, recorded_config, sha256_file
-from core.rundir import RunDir, write_atomic, write_json
+from core.rundir import RunDir, recorded_inputs, write_atomic, write_json
 from core.stage import Stage
 from data_pipeline.tokens.curated import open_curated
 
@@ -181,6 +181,7 @@ def run(config: TokenizerConfig) -> Path:
             "sources": dict(sorted(seen["sources"].items())),
         },
         "files": [file_record(out / name, out) for name in FILES],
+        "inputs": recorded_inputs(out),
     }
     write_json(out / "manifest.json", manifest)
     log.info("tokenizer: vocab %d from %d documents (%d chars) -> %s",

@@ -78,6 +78,7 @@ class DatasetManifest(VersionedManifest):
     sources: dict[str, DatasetSource]
     tokenizer: DatasetTokenizer
     curation: dict[str, Any] | None  # the curated run's identity and stage counts (CuratedRun.inherited)
+    inputs: dict[str, str] | None = None  # digests of what the stage read (older manifests lack it)
 
 
 class MixtureTokenizer(ManifestModel):
@@ -140,3 +141,4 @@ class MixtureManifest(VersionedManifest):
     excluded_sources: dict[str, ExcludedSource]
     sequence: Sequence
     curation: list[dict[str, Any] | None]
+    inputs: dict[str, str] | None = None  # digests of what the stage read (older manifests lack it)

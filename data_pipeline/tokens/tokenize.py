@@ -21,7 +21,7 @@ from pydantic import Field
 
 from core.config import ConfigError, StageConfig
 from core.manifest import code_version, content_name, file_record, recorded_config, sha256_file
-from core.rundir import RunDir, write_json
+from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
 from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
 from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
@@ -314,6 +314,7 @@ def _dataset_manifest(root: Path, config: TokenizeConfig, curated: Any, tokenize
             "files": [file_record(root / fmt.TOKENIZER_DIR / name, root) for name in TOKENIZER_FILES],
         },
         "curation": curated.inherited(),
+        "inputs": recorded_inputs(root),
     }
 
 

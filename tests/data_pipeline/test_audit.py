@@ -318,3 +318,11 @@ def test_manifest_of_another_schema_version_is_refused_naming_it(copy, capsys):
     _save(copy / "dataset", manifest)
     assert main(["audit", str(copy / "dataset")]) == 1
     assert "unknown schema 'atom.tokens/9'" in capsys.readouterr().out
+
+
+def test_dataset_and_mixture_manifests_record_what_they_read(data):
+    """The input fingerprint travels in the manifest (a release ships it), equal to the run's inputs.json."""
+    for path in (data["dataset"], data["mixture"]):
+        recorded = json.loads((path / "inputs.json").read_text())["inputs"]
+        assert recorded and _manifest(path)["inputs"] == recorded
+        assert all(":" in digest and "/" not in digest.split(":", 1)[0] for digest in recorded.values())

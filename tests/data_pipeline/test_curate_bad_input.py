@@ -218,3 +218,30 @@ def test_html_files_are_decoded_by_their_declared_or_detected_charset(tmp_path):
     reference = texts["latin1.html"]
     assert "ü" in reference and "Ã" not in reference and "\ufffd" not in reference
     assert texts["undeclared.html"] == reference and texts["utf16.html"] == reference
+
+
+def test_warc_html_without_an_http_charset_is_decoded_by_its_own_declaration(tmp_path):
+    """A crawler's record whose Content-Type names no charset: the page's <meta> (or detection) decides, as for
+    files; a charset in the HTTP header still wins."""
+    page = LO_DE_PAGE.read_text(encoding="utf-8")
+    latin1 = page.replace("charset=utf-8", "charset=iso-8859-1").encode("latin-1", "xmlcharrefreplace")
+    buffer = io.BytesIO()
+    writer = WARCWriter(buffer, gzip=False)
+    for i, (ctype, payload) in enumerate([("text/html", latin1), ("text/html; charset=iso-8859-1", latin1),
+                                          ("text/html", page.replace("charset=utf-8", "").encode("cp1252",
+                                                                                                  "xmlcharrefreplace"))]):
+        headers = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record(f"https://help.example.org/de{i}.html", "response",
+                                                      payload=io.BytesIO(payload), http_headers=headers))
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    (crawl / "de.warc").write_bytes(buffer.getvalue())
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "warc.yaml"
+    config_file.write_text(f"sources:\n  - {{name: de, kind: warc, path: {crawl}}}\n" + MINIMAL.format(run=run_dir))
+    run(load_config(CurateConfig, config_file))
+
+    assert read_manifest(run_dir)["quarantine"] == {}
+    texts = [row["text"] for row in curated(run_dir)]
+    assert len(texts) == 3 and texts[0] == texts[1] == texts[2]
+    assert "ü" in texts[0] and "Ã" not in texts[0] and "\ufffd" not in texts[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def test_curation_rerun_after_a_page_was_added_is_refused(tmp_path: Path):
     cli = [sys.executable, "-m", "atom", "data", str(config)]
     done = subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    recorded = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert recorded == {"sources.help": path_fingerprint(pages)}  # the manifest says which bytes were read
     shutil.copy(added, pages / added.name)
     again = subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True)
     assert again.returncode == 2, again.stdout + again.stderr
@@ -144,3 +147,5 @@ def test_curation_rerun_after_a_page_was_added_is_refused(tmp_path: Path):
     urls = [url for f in sorted((tmp_path / "run" / "curated").glob("*.parquet"))
             for url in pq.read_table(f, columns=["url"]).column("url").to_pylist()]
     assert len(urls) == 3 and any(url.endswith(added.name) for url in urls), urls
+    redone = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert redone == {"sources.help": path_fingerprint(pages)} != recorded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from atom.cli import main
 from core.config import ConfigError, RunConfig, load_config
 from core.manifest import recorded_config_sha256
+from data_pipeline.audit import audit_data
 from data_pipeline.synthetic import stage as synth
 from data_pipeline.synthetic.problems import generate_problems
 from data_pipeline.synthetic.stage import SynthConfig
@@ -186,6 +188,7 @@ def test_rejection_sampling_accounting(tmp_path, monkeypatch):
     assert manifest["quarantine"] == {"malformed_output": 30}
     quarantined = (run / "quarantine" / "malformed.jsonl").read_text().splitlines()
     assert len(quarantined) == 30 and all(json.loads(line)["reason"] for line in quarantined)
+    assert audit_data(run).ok, audit_data(run).render()  # every count above, recounted by `atom audit`
     # every kept document holds a trace the verifier accepts
     by_prompt = {p.prompt(): p for p in problems}
     for text in pq.read_table(run / "curated").column("text").to_pylist():
@@ -209,3 +212,29 @@ def test_responses_without_text_are_quarantined(tmp_path, monkeypatch):
     assert len(empty) == 10 and all(r["status"] == "malformed" and r["reason"] == "no text in the response"
                                     for r in empty)
     assert open_curated(run).n_docs == 10
+
+
+def _edit_manifest(run: Path, edit) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    edit(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("tamper, failing", [
+    (lambda run: _edit_manifest(run, lambda m: m["records"]["by_kind"]["trace"].update(kept=1)), "records.by_kind"),
+    (lambda run: _edit_manifest(run, lambda m: m["stages"][0].update(documents_kept=7)), "stages.generate"),
+    (lambda run: _edit_manifest(run, lambda m: m["sources"]["synthetic-math"].update(bytes=1)), "sources"),
+    (lambda run: _edit_manifest(run, lambda m: m["quarantine"].update(malformed_output=3)), "quarantine"),
+    (lambda run: pq.write_table(pq.read_table(run / "curated" / "part-00000.parquet").slice(0, 1),
+                                run / "curated" / "part-00000.parquet"), "sha256 and size"),
+])
+def test_audit_of_a_synth_run_recounts_it(template_run, tmp_path, capsys, tamper, failing):
+    """`atom audit` passes an untouched synth run and fails each edited count or truncated shard, naming it."""
+    assert main(["audit", str(template_run)]) == 0
+    assert "synthetic run" in capsys.readouterr().out
+    run = tmp_path / "copy"
+    shutil.copytree(template_run, run)
+    tamper(run)
+    assert main(["audit", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert any(line.startswith("FAIL") and failing in line for line in out.splitlines()), out

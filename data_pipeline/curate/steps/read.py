@@ -177,6 +177,15 @@ class SourceReader(PipelineStep):
 
             return str(detect_encoding(raw))
 
+    @classmethod
+    def _record_charset(cls, content_type: str, raw: bytes, html: bool) -> str:
+        """A WARC record's encoding: the HTTP Content-Type charset; undeclared there, an HTML payload's own
+        declaration (BOM or <meta>) or detection, as for HTML files; plain text: UTF-8."""
+        lowered = content_type.lower()
+        if "charset=" in lowered:
+            return lowered.split("charset=", 1)[1].split(";")[0].strip().strip('"') or "utf-8"
+        return cls._file_charset(raw) if html else "utf-8"
+
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"
         size = path.stat().st_size
@@ -270,14 +279,11 @@ class SourceReader(PipelineStep):
                     if not any(t in ctype.lower() for t in ("text/html", "text/plain", "xhtml")):
                         yield Quarantined("non_text_record", loc, f"Content-Type {ctype!r}")
                         continue
-                    charset = "utf-8"
-                    if "charset=" in ctype.lower():
-                        charset = ctype.lower().split("charset=", 1)[1].split(";")[0].strip().strip('"') or "utf-8"
-                    text = self._decode(raw, loc, charset)
+                    html = source["html"] if source.get("html") is not None else "text/plain" not in ctype.lower()
+                    text = self._decode(raw, loc, self._record_charset(ctype, raw, html))
                     if isinstance(text, Quarantined):
                         yield text
                         continue
-                    html = source["html"] if source.get("html") is not None else "text/plain" not in ctype.lower()
                     yield self._document(source, url, raw, text, html, loc)
         except Exception as exc:  # warcio: ArchiveLoadFailed, EOFError, zlib errors on a cut file
             yield Quarantined("truncated_warc_record", f"{source['name']}:{rel}@{offset}",

@@ -24,7 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
 from core.manifest import canonical_sha256, content_name, file_record
-from core.rundir import write_json
+from core.rundir import recorded_inputs, write_json
 
 MANIFEST_SCHEMA = "atom.curation/1"
 COLUMNS = ("id", "text", "source", "license", "url", "source_version", "language")
@@ -149,6 +149,7 @@ def build_manifest(run_dir: Path, stages: list[str], sources: list[dict], config
         "outputs": _outputs(run_dir),
         "excluded": _excluded_files(run_dir, stages),
         "reports": {"decontamination": "reports/decontamination.json", "throughput": "reports/throughput.json"},
+        "inputs": recorded_inputs(run_dir),
     }
     write_json(run_dir / "manifest.json", manifest)
     return manifest
