@@ -40,7 +40,7 @@ exits 0 when every check holds, 1 otherwise.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +96,25 @@ def audit_data(path: str | Path, allow_licenses: Iterable[str] | None = None) ->
         report.kind = "mixture"
         _audit_mixture(root, manifest, report, allow)
     elif schema == CURATION_SCHEMA:
-        from data_pipeline.curate.audit import audit_curation
-        from data_pipeline.synthetic.audit import audit_synthetic
-
-        report.kind = "synthetic run" if manifest.get("kind") == "synthetic" else "curation run"
-        (audit_synthetic if manifest.get("kind") == "synthetic" else audit_curation)(root, manifest, report, allow)
+        report.kind, auditor = _curation_auditor(manifest)
+        auditor(root, manifest, report, allow)
     else:
         report.add(fmt.MANIFEST, "schema", False, f"unknown schema {schema!r}")
     return report
+
+
+def _curation_auditor(manifest: dict[str, Any]) -> tuple[str, Callable[..., None]]:
+    """The kind of run that wrote an atom.curation/1 manifest (curate, synth or longdocs), and its audit."""
+    from data_pipeline.curate.audit import audit_curation
+    from data_pipeline.longdocs_audit import audit_longdocs
+    from data_pipeline.synthetic.audit import audit_synthetic
+
+    if manifest.get("kind") == "synthetic":
+        return "synthetic run", audit_synthetic
+    stages = manifest.get("stages")
+    if isinstance(stages, list) and stages and isinstance(stages[-1], dict) and stages[-1].get("name") == "longdocs":
+        return "longdocs run", audit_longdocs
+    return "curation run", audit_curation
 
 
 def _read_manifest(root: Path, report: AuditReport, prefix: str = "") -> dict[str, Any] | None:

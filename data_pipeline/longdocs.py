@@ -40,6 +40,14 @@ def threshold(cfg: LongDocsConfig, source: str) -> int | None:
     return cfg.per_source.get(source, cfg.min_chars)
 
 
+def drop_reason(cfg: LongDocsConfig, source: str, text: str) -> str | None:
+    """Why a document is not selected (None: it is): the selection rule, shared with the audit."""
+    limit = threshold(cfg, source)
+    if limit is None:
+        return "source_not_selected"
+    return "too_short" if len(text) < limit else None
+
+
 def plan(cfg: LongDocsConfig) -> list[str]:
     return [f"read curated run {cfg.input}",
             f"keep documents of at least {cfg.min_chars} characters (per source: {cfg.per_source or 'none'}), "
@@ -117,18 +125,14 @@ def _select(cfg: LongDocsConfig, curated: CuratedRun, out_dir: Path, run_root: P
             size = len(row["text"].encode())
             chosen.docs_in += 1
             chosen.bytes_in += size
-            limit = threshold(cfg, row["source"])
-            if limit is None:
-                chosen.dropped["source_not_selected"] += 1
-            elif len(row["text"]) < limit:
-                chosen.dropped["too_short"] += 1
-            else:
-                keep.append(True)
-                chosen.kept_by_source[row["source"]] += 1
-                chosen.bytes_by_source[row["source"]] += size
-                chosen.bytes_out += size
+            reason = drop_reason(cfg, row["source"], row["text"])
+            keep.append(reason is None)
+            if reason is not None:
+                chosen.dropped[reason] += 1
                 continue
-            keep.append(False)
+            chosen.kept_by_source[row["source"]] += 1
+            chosen.bytes_by_source[row["source"]] += size
+            chosen.bytes_out += size
         pending.append(table.filter(pa.array(keep)))
         if sum(t.num_rows for t in pending) >= ROWS_PER_FILE:
             flush()
