@@ -29,14 +29,42 @@ class TrainState(Stateful):
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None):
         self.model = model
         self.optimizer = optimizer
+        self._live: dict[tuple[str, ...], Any] = {}  # expert tensors as the model holds them (under EP)
 
     def state_dict(self) -> dict[str, Any]:
         if self.optimizer is None:
-            return {"model": get_state_dict(self.model, [])[0]}
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
+            state: dict[str, Any] = {"model": get_state_dict(self.model, [])[0]}
+        else:
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+        layout = getattr(self.model, "expert_layout", None)
+        if layout is not None:
+            self._globalize_experts(state, layout.global_mesh)
+        return state
+
+    def _globalize_experts(self, state: dict[str, Any], mesh: Any) -> None:
+        """Expert parallelism: each expert tensor (weights and their optimizer moments) under its global shape."""
+        from pretrain.expert_parallel import checkpoint_view, is_expert_param
+
+        # The dicts get_state_dict returns may be the optimizer's own: edit copies.
+        state["model"] = dict(state["model"])
+        places: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+            (("model", fqn), state["model"]) for fqn in state["model"] if is_expert_param(fqn)]
+        if "optim" in state:
+            state["optim"] = dict(state["optim"])
+            optim_state = state["optim"]["state"] = dict(state["optim"]["state"])
+            for fqn in [f for f in optim_state if is_expert_param(f)]:
+                moments = optim_state[fqn] = dict(optim_state[fqn])
+                places += [(("optim", fqn, key), moments) for key, value in moments.items()
+                           if hasattr(value, "to_local") and value.dim() > 0]
+        for path, holder in places:
+            self._live[path] = holder[path[-1]]
+            holder[path[-1]] = checkpoint_view(holder[path[-1]], mesh)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for path, live in self._live.items():  # loaded in place through the views: hand back the originals
+            holder = state["model"] if path[0] == "model" else state["optim"]["state"][path[1]]
+            holder[path[-1]] = live
         if self.optimizer is None:
             set_state_dict(self.model, [], model_state_dict=state["model"], optim_state_dict={},
                            options=StateDictOptions(strict=True))

@@ -55,6 +55,9 @@ class ParallelConfig(ConfigModel):
     shard_size: int | None = Field(None, gt=0)
     mixed_precision: Literal["fp32", "bf16"] = "fp32"  # bf16 params/compute with fp32 reduction (GPU)
     fp8_all_gather: bool = False  # FSDP2 + FP8: all-gather weights in float8 (NCCL only)
+    # Expert parallelism: each MoE layer's experts split over groups of `ep` data-parallel ranks, tokens sent
+    # to them by all-to-all (pretrain/expert_parallel.py); FSDP2 only.
+    ep: int = Field(1, ge=1)
     zero_stage: Literal[1, 2, 3] = 2  # DeepSpeed
     deepspeed_extra: dict = Field(default_factory=dict)  # merged into the generated DeepSpeed config
 
@@ -77,6 +80,7 @@ class PretrainConfig(StageConfig):
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         check_training(self)
+        check_expert_parallel(self)
         if self.parallel.fp8_all_gather and (self.model.fp8 is None or self.model.fp8.recipe != "tensorwise"):
             raise ValueError("parallel.fp8_all_gather needs model.fp8.recipe=tensorwise")
         return self
@@ -98,6 +102,24 @@ def check_training(cfg: PretrainConfig | Any) -> None:
                          f"(got {cfg.parallel.backend})")
     if cfg.parallel.fp8_all_gather and cfg.parallel.backend != "fsdp2":
         raise ValueError(f"parallel.fp8_all_gather needs parallel.backend=fsdp2 (got {cfg.parallel.backend})")
+    if cfg.parallel.ep > 1 and cfg.parallel.backend != "fsdp2":
+        raise ValueError(f"parallel.ep={cfg.parallel.ep} needs parallel.backend=fsdp2 (got {cfg.parallel.backend}): "
+                         "expert parallelism is built on FSDP2's meshes; DeepSpeed runs keep parallel.ep=1")
+
+
+def check_expert_parallel(cfg: PretrainConfig) -> None:
+    """What expert parallelism needs of the model (the world size is checked once it is known)."""
+    ep, moe = cfg.parallel.ep, cfg.model.moe
+    if ep == 1:
+        return
+    if moe is None:
+        raise ValueError(f"parallel.ep={ep} needs a Mixture-of-Experts model (model.moe is not set)")
+    if moe.n_experts % ep:
+        raise ValueError(f"parallel.ep={ep} does not divide model.moe.n_experts={moe.n_experts}: every EP rank "
+                         "holds the same number of experts")
+    if moe.backend == "loop":
+        raise ValueError(f"parallel.ep={ep} needs model.moe.backend grouped_mm or megablocks: the per-expert "
+                         "loop is the single-process reference")
 
 
 # Keys that may change when a run resumes; anything else changing (model shape, data order) is refused.

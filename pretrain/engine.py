@@ -26,7 +26,7 @@ from pretrain.checkpoint_state import DCP_DIR, TrainState, load_model_weights
 from pretrain.config import PretrainConfig
 from pretrain.converters import build_converted
 from pretrain.optim import build_optimizer, set_lr
-from pretrain.parallel import DistEnv, parallelize
+from pretrain.parallel import DistEnv, clip_grad_norm, finish_expert_grads, parallelize
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -98,10 +98,8 @@ class FSDPEngine:
 
     def step(self, max_norm: float | None, loss_is_finite: bool) -> float | None:
         """Clip and apply the accumulated gradients; None (and nothing applied) if loss or norm is not finite."""
-        total = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
-        if hasattr(total, "full_tensor"):
-            total = total.full_tensor()
-        norm = total.item()
+        finish_expert_grads(self.model)
+        norm = clip_grad_norm(self.model, max_norm)
         if not (loss_is_finite and math.isfinite(norm)):
             self.zero_grad()
             return None

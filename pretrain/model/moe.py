@@ -145,6 +145,7 @@ class MoE(nn.Module):
 
     tokens_per_expert: torch.Tensor
     pending_load: torch.Tensor
+    tokens_received: torch.Tensor
 
     def __init__(self, d_model: int, cfg: MoEConfig) -> None:
         super().__init__()
@@ -155,6 +156,10 @@ class MoE(nn.Module):
                                if cfg.n_shared_experts else None)
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_experts), persistent=False)
         self.register_buffer("pending_load", torch.zeros(cfg.n_experts), persistent=False)
+        # Expert parallelism (pretrain/expert_parallel.py) sets this: (experts, rows, counts) -> (outputs,
+        # rows this rank's experts received), with the experts on other ranks. None: all experts are here.
+        self.dispatch: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, int]] | None = None
+        self.register_buffer("tokens_received", torch.zeros(()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the layer output and its (unweighted) load-balancing and z losses."""
@@ -167,9 +172,15 @@ class MoE(nn.Module):
         # Dispatch: sort the tokens * top_k (token, expert) pairs by expert, run each expert on its rows,
         # then put the rows back in (token, slot) order and mix each token's k outputs by weight.
         order = routing.experts.flatten().argsort(stable=True)
-        expert_out = self.experts(x[order // self.cfg.top_k], counts)
+        rows = x[order // self.cfg.top_k]
+        if self.dispatch is None:
+            expert_out = self.experts(rows, counts)
+        else:
+            expert_out, received = self.dispatch(self.experts, rows, counts)
+            if self.training:
+                self.tokens_received += received
         unsorted = torch.empty_like(expert_out).index_copy_(0, order, expert_out)
-        out = torch.einsum("tk,tkd->td", routing.weights, unsorted.view(x.shape[0], self.cfg.top_k, -1))
+        out = torch.einsum("tk,tkd->td", routing.weights, unsorted.view(x.shape[0], self.cfg.top_k, shape[-1]))
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
 
@@ -202,3 +213,4 @@ class MoE(nn.Module):
 
     def reset_load(self) -> None:
         self.tokens_per_expert.zero_()
+        self.tokens_received.zero_()

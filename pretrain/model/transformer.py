@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pretrain.model.config import MoEModelConfig
@@ -75,6 +76,7 @@ class Transformer(nn.Module):
         self.lm_head = OutputHead(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.expert_layout: Any = None  # set by pretrain.parallel under expert parallelism (its ExpertLayout)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -125,30 +127,59 @@ class Transformer(nn.Module):
         for moe in self.moe_layers().values():
             moe.update_expert_bias()
 
+    def _counts_over_ranks(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per MoE layer, over all ranks: tokens per expert and pending load (summed), and the rows each rank's
+        experts received under expert parallelism ([world size]); one collective of each kind."""
+        layers = self.moe_layers()
+        if not layers:
+            return {}
+        load = torch.stack([torch.stack([m.tokens_per_expert, m.pending_load]) for m in layers.values()])
+        received = torch.stack([m.tokens_received for m in layers.values()])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            load = load.clone()
+            dist.all_reduce(load)
+            gathered = [torch.empty_like(received) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, received)
+            per_rank = torch.stack(gathered, dim=1)
+        else:
+            per_rank = received[:, None]
+        return {i: (load[j, 0], load[j, 1], per_rank[j]) for j, i in enumerate(layers)}
+
     def load_counters(self) -> dict[str, dict[str, list[float]]]:
         """Each MoE layer's counters not yet consumed (the load `expert_load` has yet to report, the load the
-        next bias update has yet to use): checkpointed, so a run resumed between two logging steps logs the
-        same load as an uninterrupted one."""
-        return {str(i): {"tokens_per_expert": moe.tokens_per_expert.tolist(), "pending_load": moe.pending_load.tolist()}
-                for i, moe in self.moe_layers().items()}
+        next bias update has yet to use), summed over ranks: checkpointed, so a run resumed between two
+        logging steps logs the same load as an uninterrupted one. Call on every rank (collective)."""
+        return {str(i): {"tokens_per_expert": load.tolist(), "pending_load": pending.tolist(),
+                         "tokens_received": received.tolist()}
+                for i, (load, pending, received) in self._counts_over_ranks().items()}
 
     def restore_load_counters(self, counters: dict[str, dict[str, list[float]]]) -> None:
+        """The sums go to rank 0 (the others start from zero), so the next sum over ranks equals the saved one;
+        each rank takes back its own received-row count."""
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         for i, moe in self.moe_layers().items():
-            for name, values in counters.get(str(i), {}).items():
-                getattr(moe, name).copy_(torch.tensor(values))
+            saved = counters.get(str(i), {})
+            for name in ("tokens_per_expert", "pending_load"):
+                if name in saved:
+                    getattr(moe, name).copy_(torch.tensor(saved[name]) if rank == 0 else 0)
+            received = saved.get("tokens_received", [])
+            moe.tokens_received.fill_(received[rank] if rank < len(received) else 0)
 
     def expert_load(self, reset: bool = True) -> dict[str, float]:
-        """Per-layer, per-expert share of routed tokens since the last reset, plus max/mean imbalance
-        (1.0 is perfect balance), as flat names ready for a metrics logger."""
+        """Per-layer, per-expert share of the tokens routed on all ranks since the last reset, plus max/mean
+        imbalance (1.0 is perfect balance), and under expert parallelism the rows each rank's experts received;
+        as flat names ready for a metrics logger. Call on every rank (collective)."""
         stats: dict[str, float] = {}
-        for i, moe in self.moe_layers().items():
-            counts = moe.tokens_per_expert
+        for i, (counts, _, received) in self._counts_over_ranks().items():
+            moe = self.moe_layers()[i]
+            if reset:
+                moe.reset_load()
             total = counts.sum().item()
             if total == 0:
                 continue
             share = (counts / total).tolist()
             stats[f"moe/layer{i}/imbalance"] = max(share) * len(share)
             stats.update({f"moe/layer{i}/expert{e}": s for e, s in enumerate(share)})
-            if reset:
-                moe.reset_load()
+            if moe.dispatch is not None:
+                stats.update({f"moe/layer{i}/received_rank{r}": v for r, v in enumerate(received.tolist())})
         return stats
