@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the MoE model, for a lent NVIDIA machine (no network needed). Run from the repo root:
 #   bash bench/gpu_check.sh            # results under ${OUT:-/tmp/gpu_out}
-# 1. the GPU-only tests (CUDA grouped_mm vs loop in bf16, FP8 on CUDA, megablocks if it imports);
+# 1. the GPU-only tests (CUDA grouped_mm vs loop in bf16, FP8 on CUDA, megablocks if it imports, the expert-
+#    parallel dispatch path over NCCL on one or two GPUs: all_to_all_single with uneven splits);
 # 2. the issue's small shape on GPU: ours vs transformers' OLMoE, bf16;
 # 3. OLMoE-1B-7B-like scaled to one GPU (8 of 16 layers): bf16 vs FP8 (tensorwise, rowwise) step time and MFU.
 set -uo pipefail
@@ -9,7 +10,8 @@ OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-export HF_HUB_OFFLINE=1 PYTHONPATH=${PYTHONPATH:-}:$(pwd)
+PYTHONPATH=${PYTHONPATH:-}:$(pwd)
+export HF_HUB_OFFLINE=1 PYTHONPATH
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

@@ -6,7 +6,12 @@ transformers' OLMoE built from the equivalent config; the ratio to transformers;
 achieved FLOP/s (our config's FLOPs per token, the same shapes for both) as a fraction of a
 torch.mm peak measured in the same run.
 
-    .venv/bin/python -m bench.moe_step                     # CPU, fp32, the issue's shape
+Two shapes by default, each against transformers in the same run: `coarse` (8 experts, top-2, expert
+hidden 2 x d_model) and `fine` (OLMoE's proportions: 64 experts, top-8, expert hidden d_model / 2), with
+the same active expert FLOPs per token, so the cost of many small experts shows.
+
+    .venv/bin/python -m bench.moe_step                     # CPU, fp32, both shapes
+    .venv/bin/python -m bench.moe_step --shape fine --no-loop
     .venv/bin/python -m bench.moe_step --device cuda --dtype bf16 --fp8 rowwise --batch 8 --seq 2048
 """
 
@@ -30,9 +35,14 @@ from pretrain.optim import OptimizerConfig, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The issue's benchmark shape: vocab 32768, d_model 256, 4 layers, 4 heads / 2 KV heads, 8 experts top-2.
-DEFAULT_SET = ["vocab_size=32768", "d_model=256", "n_layers=4", "n_heads=4", "n_kv_heads=2", "head_dim=64",
-               "moe.n_experts=8", "moe.top_k=2", "moe.expert_hidden=512", "moe.first_k_dense=0"]
+BASE_SET = ["vocab_size=32768", "d_model=256", "n_layers=4", "n_heads=4", "n_kv_heads=2", "head_dim=64",
+            "moe.first_k_dense=0"]
+SHAPES = {
+    "coarse": [*BASE_SET, "moe.n_experts=8", "moe.top_k=2", "moe.expert_hidden=512"],
+    "fine": [*BASE_SET, "moe.n_experts=64", "moe.top_k=8", "moe.expert_hidden=128"],  # OLMoE-1B-7B's ratios
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+HF_NAME = "transformers OlmoeForCausalLM"
 
 
 def sync(device: torch.device) -> None:
@@ -80,28 +90,12 @@ def step_fn(model: torch.nn.Module, tokens: torch.Tensor, hf: bool) -> Callable[
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs/model/tiny_moe.yaml"))
-    parser.add_argument("--set", action="append", default=None, help="config overrides (default: the issue's shape)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
-    parser.add_argument("--fp8", choices=["tensorwise", "rowwise"], help="also time our model with FP8 linears")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
-    parser.add_argument("--no-loop", action="store_true", help="skip the per-expert loop backend")
-    parser.add_argument("--no-hf", action="store_true", help="skip transformers (e.g. a model too big for two copies)")
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+def measure(cfg: MoEModelConfig, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds per step of every contender, per round (interleaved)."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    overrides = DEFAULT_SET if args.set is None else args.set
-    cfg = load_config(MoEModelConfig, args.config, [*overrides, f"max_seq_len={args.seq}"])
+    assert cfg.moe is not None
     torch.manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
-
     contenders: dict[str, Callable[[], None]] = {}
     backends = ["grouped_mm"] if args.no_loop else ["grouped_mm", "loop"]
     with torch.device(device):  # initialise on the device: the OLMoE-sized model is slow to init on CPU
@@ -112,7 +106,7 @@ def main() -> None:
             model = convert_to_fp8(Transformer(cfg).to(dtype=dtype), args.fp8)
             contenders[f"atom (grouped_mm, fp8 {args.fp8})"] = step_fn(model, tokens, hf=False)
         if not args.no_hf:
-            contenders["transformers OlmoeForCausalLM"] = step_fn(olmoe_like(cfg, dtype, device), tokens, hf=True)
+            contenders[HF_NAME] = step_fn(olmoe_like(cfg, dtype, device), tokens, hf=True)
 
     for step in contenders.values():  # warm-up: allocator, kernels, optimizer state
         step()
@@ -126,18 +120,17 @@ def main() -> None:
                 step()
             sync(device)
             times[name].append((time.perf_counter() - start) / args.steps)
+    return times
 
-    peak = matmul_peak(device, dtype)
+
+def report(shape: str, overrides: list[str], cfg: MoEModelConfig, times: dict[str, list[float]], peak: float,
+           args: argparse.Namespace) -> None:
     tokens_per_step = args.batch * args.seq
     flops_per_token = cfg.flops_per_token(args.seq)
-    hf_name = "transformers OlmoeForCausalLM"
-    hf_tps = tokens_per_step / statistics.median(times[hf_name]) if hf_name in times else None
-
-    print(f"device={device} dtype={args.dtype} batch={args.batch}x{args.seq} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
-    print(f"config: {args.config} + {' '.join(overrides)}")
+    hf_tps = tokens_per_step / statistics.median(times[HF_NAME]) if HF_NAME in times else None
+    print(f"\nshape {shape}: {args.config} + {' '.join(overrides)}")
     print(f"params total={cfg.num_params() / 1e6:.1f}M active={cfg.num_params(active=True) / 1e6:.1f}M, "
-          f"{flops_per_token / 1e6:.1f} MFLOP/token; torch.mm peak {peak / 1e9:.1f} GFLOP/s")
+          f"{flops_per_token / 1e6:.1f} MFLOP/token")
     print(f"{'model':40s} {'step ms':>9s} {'tokens/s':>10s} {'vs HF':>7s} {'GFLOP/s':>9s} {'of peak':>8s}")
     for name, samples in times.items():
         seconds = statistics.median(samples)
@@ -145,6 +138,36 @@ def main() -> None:
         ratio = f"{tps / hf_tps:.2f}x" if hf_tps else "-"
         achieved = tps * flops_per_token
         print(f"{name:40s} {seconds * 1e3:9.1f} {tps:10.0f} {ratio:>7s} {achieved / 1e9:9.1f} {achieved / peak:8.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs/model/tiny_moe.yaml"))
+    parser.add_argument("--shape", choices=[*SHAPES, "both"], default="both")
+    parser.add_argument("--set", action="append", default=None, help="config overrides (replace --shape)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
+    parser.add_argument("--fp8", choices=["tensorwise", "rowwise"], help="also time our model with FP8 linears")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
+    parser.add_argument("--no-loop", action="store_true", help="skip the per-expert loop backend")
+    parser.add_argument("--no-hf", action="store_true", help="skip transformers (e.g. a model too big for two copies)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.set is not None:
+        shapes = {"custom": args.set}
+    else:
+        shapes = SHAPES if args.shape == "both" else {args.shape: SHAPES[args.shape]}
+    peak = matmul_peak(device, dtype)
+    print(f"device={device} dtype={args.dtype} batch={args.batch}x{args.seq} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}; torch.mm peak {peak / 1e9:.1f} GFLOP/s")
+    for shape, overrides in shapes.items():
+        cfg = load_config(MoEModelConfig, args.config, [*overrides, f"max_seq_len={args.seq}"])
+        report(shape, overrides, cfg, measure(cfg, args), peak, args)
 
 
 if __name__ == "__main__":

@@ -338,7 +338,7 @@ def run_torchrun_shortened(command: str, workdir: Path) -> None:
     shorter = ["--set", "trainer.max_steps=4", "--set", "schedule.warmup_steps=2", "--set", "trainer.eval_every=2",
                "--set", "checkpoint.interval=2", "--set", "metrics.log_every=2", "--set", "data.val_sequences=4"]
     execute([*shlex.split(command), *shorter], workdir, timeout=600)
-    run_dir = workdir / "runs" / "quickstart" / "pretrain-fsdp2"
+    run_dir = workdir / command.split("run.dir=")[1].split()[0]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["nonfinite_total"] == 0, summary
     ranks = sorted(p.name for p in (run_dir / "checkpoints" / "step_00000004").glob("rng_rank*.pt"))
@@ -429,6 +429,11 @@ COMMANDS: dict[str, How] = {
     "torchrun --standalone --nproc_per_node 2 -m atom pretrain configs/quickstart/pretrain.yaml "
     "--set parallel.backend=fsdp2 --set trainer.micro_batch=4 --set run.dir=runs/quickstart/pretrain-fsdp2": How(
         "run", "2 gloo ranks on CPU, shortened to 4 steps on a small real dataset in place of the quickstart's",
+        run_torchrun_shortened, (pytest.mark.distributed, pytest.mark.slow)),
+    "torchrun --standalone --nproc_per_node 2 -m atom pretrain configs/quickstart/pretrain.yaml "
+    "--set parallel.backend=fsdp2 --set parallel.ep=2 --set trainer.micro_batch=4 "
+    "--set run.dir=runs/quickstart/pretrain-ep2": How(
+        "run", "2 gloo ranks on CPU with expert parallelism, shortened like the FSDP2 command",
         run_torchrun_shortened, (pytest.mark.distributed, pytest.mark.slow)),
     "python -m bench.checkpoint": How("parse", BENCH, parse_by_help),
     # docs/slurm.md

@@ -4,12 +4,14 @@ Every rank builds the same full layer and routes its own tokens through it local
 through a copy that keeps only its experts and dispatches by all-to-all. Outputs and input gradients must
 match the reference; each rank's expert gradients must equal the reference gradients summed over ranks.
 Cases: balanced load; a skewed router (some experts receive nothing); a rank that sends no token.
-Prints "EP OK <world>" on success (the test reads it).
+Prints "EP OK <world>" on success (the test reads it). With ATOM_EP_DEVICE=cuda (a GPU machine) the
+layers run on CUDA and the exchange over NCCL; one rank still runs the whole dispatch path.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 import torch.distributed as dist
@@ -19,13 +21,14 @@ from pretrain.model.config import MoEConfig
 from pretrain.model.moe import MoE
 
 ATOL = 1e-5  # fp32: the same products, summed in another order
+DEVICE = torch.device(os.environ.get("ATOM_EP_DEVICE", "cpu"))
 
 
 def check(case: str, tokens: int, skew: bool) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     cfg = MoEConfig(n_experts=8, top_k=2, expert_hidden=16, aux_loss_weight=0.0, z_loss_weight=0.0)
-    full = MoE(32, cfg)
+    full = MoE(32, cfg).to(DEVICE)
     for p in full.parameters():
         torch.nn.init.normal_(p, std=0.2)
     if skew:  # every token picks experts 0 and 1 first: the others receive nothing
@@ -36,7 +39,7 @@ def check(case: str, tokens: int, skew: bool) -> None:
     ep_layer.dispatch = ep.run
 
     torch.manual_seed(100 + rank)
-    x = torch.randn(tokens, 32)
+    x = torch.randn(tokens, 32, device=DEVICE)
     x_ref, x_ep = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ref = full(x_ref)[0]
     out_ep = ep_layer(x_ep)[0]
@@ -55,13 +58,15 @@ def check(case: str, tokens: int, skew: bool) -> None:
     torch.testing.assert_close(ep_layer.router.gate.weight.grad, full.router.gate.weight.grad, atol=ATOL, rtol=0)
 
     # The counts exchange itself: what every rank receives is what the senders counted for its experts.
-    counts = torch.tensor([[(r * 7 + g * 3) % 5 for g in range(cfg.n_experts)] for r in range(world)])
+    counts = torch.tensor([[(r * 7 + g * 3) % 5 for g in range(cfg.n_experts)] for r in range(world)], device=DEVICE)
     received = ep.received_counts(counts[rank].clone())
     assert torch.equal(received, counts[:, mine]), (case, received, counts[:, mine])
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
+    if DEVICE.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if DEVICE.type == "cuda" else "gloo")
     check("balanced", 24, skew=False)
     check("skewed", 24, skew=True)
     check("a rank sends nothing", 0 if dist.get_rank() == 1 else 24, skew=False)

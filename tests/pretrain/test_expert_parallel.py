@@ -88,6 +88,17 @@ def test_ep_layer_matches_one_rank(nproc: int):
     assert proc.returncode == 0 and f"EP OK {nproc}" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ep_dispatch_path_on_cuda_over_nccl():
+    """One GPU, EP group of one: the counts and rows still go through NCCL all_to_all_single."""
+    n = min(torch.cuda.device_count(), 2)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                           "-m", "tests.pretrain.ep_worker"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ATOM_EP_DEVICE": "cuda"})
+    assert proc.returncode == 0 and f"EP OK {n}" in proc.stdout, proc.stderr[-3000:]
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 @pytest.mark.parametrize("nproc, ep, shard_size", [(2, 2, None), (4, 4, None), (4, 2, 2)],
