@@ -63,6 +63,30 @@ def check(case: str, tokens: int, skew: bool) -> None:
     assert torch.equal(received, counts[:, mine]), (case, received, counts[:, mine])
 
 
+def check_bias_is_the_same_everywhere() -> None:
+    """Auxiliary-loss-free balancing under EP: each rank routes other tokens (other loads), yet after the
+    update every rank holds the same selection bias, the one the summed load gives."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    cfg = MoEConfig(n_experts=8, top_k=2, expert_hidden=16, score_func="sigmoid", bias_update_rate=0.01)
+    layer = MoE(32, cfg).to(DEVICE)
+    ep = ExpertParallel(dist.group.WORLD, cfg.n_experts)
+    shard_experts(layer.experts, ep)
+    layer.dispatch = ep.run
+    torch.manual_seed(200 + rank)
+    counts = torch.bincount(layer.router(torch.randn(40, 32, device=DEVICE)).experts.flatten(), minlength=8)
+    layer.train()
+    torch.manual_seed(200 + rank)
+    layer(torch.randn(40, 32, device=DEVICE))
+    total = counts.float()
+    dist.all_reduce(total)
+    layer.update_expert_bias()
+    biases = [torch.empty_like(layer.router.expert_bias) for _ in range(world)]
+    dist.all_gather(biases, layer.router.expert_bias)
+    assert all(torch.equal(b, biases[0]) for b in biases), biases
+    assert torch.equal(biases[0], 0.01 * torch.sign(total.mean() - total)), (biases[0], total)
+
+
 def main() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -70,6 +94,7 @@ def main() -> None:
     check("balanced", 24, skew=False)
     check("skewed", 24, skew=True)
     check("a rank sends nothing", 0 if dist.get_rank() == 1 else 24, skew=False)
+    check_bias_is_the_same_everywhere()
     if dist.get_rank() == 0:
         print(f"EP OK {dist.get_world_size()}")
     dist.destroy_process_group()

@@ -138,13 +138,14 @@ def test_ep_kill_one_rank_and_restart_equals_uninterrupted(dataset: Path, tmp_pa
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_ep2_checkpoint_resumes_on_one_and_on_four_ranks_and_exports(dataset: Path, single: Path, tmp_path: Path):
-    """Checkpoints hold each expert tensor under its global shape: an EP 2 run continues without EP on one
-    process, and with EP 4 on four ranks, on the same loss curve; a model loads from it for HF export."""
+    """Checkpoints hold each expert tensor under its global shape: an EP 2 run continues on one process, on
+    two ranks with plain FSDP2, and with EP 4 on four ranks, on the same loss curve; a model loads from it
+    for HF export."""
     from pretrain.checkpoint_state import load_model_weights
     from pretrain.model.hf_export import export_hf, import_hf
     from pretrain.model.transformer import Transformer
 
-    for name, nproc, ep in (("to-one", 1, 1), ("to-four", 4, 4)):
+    for name, nproc, ep in (("to-one", 1, 1), ("to-fsdp2", 2, 1), ("to-four", 4, 4)):
         run_dir = tmp_path / name
         cfg = tiny_pretrain(dataset, run_dir, steps=8, ep=2)
         torchrun(cfg, tmp_path)
