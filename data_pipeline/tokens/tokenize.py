@@ -1,10 +1,10 @@
 """`atom tokenize`: curated Parquet shards -> token shards + provenance table + manifest + Croissant.
 
 Documents are read in the curated run's fixed order (files by name, rows in order), encoded in batches
-with `tokenizers`, and written with datatrove's `TokenizedFile` (flat `.ds` + `.ds.index`), the
-end-of-document token after each document. A shard is closed once it holds `shard_tokens` tokens;
-documents are never split. Every check on the input (contract, licenses, vocab vs dtype) runs before
-the first byte is written.
+with `tokenizers` by datatrove tasks (`executor`, see encode_tasks.py), and written with datatrove's
+`TokenizedFile` (flat `.ds` + `.ds.index`), the end-of-document token after each document. A shard is
+closed once it holds `shard_tokens` tokens; documents are never split. Every check on the input
+(contract, licenses, vocab vs dtype) runs before the first byte is written.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from core.config import ConfigError, StageConfig
+from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, content_name, file_record, recorded_config, sha256_file
 from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
@@ -27,7 +27,16 @@ from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
 from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CuratedRun, open_curated
+from data_pipeline.tokens.encode_tasks import LOGS_DIR, PARTS_DIR, WORK_DIR, EncodeFiles, read_parts
 from data_pipeline.tokens.manifest import DatasetManifest
+
+
+class TokenizeExecutorConfig(ConfigModel):
+    """How the encoding is spread (see encode_tasks.py): tasks over curated files, run `workers` at a time.
+    The output does not depend on either, so they may change when a run resumes."""
+
+    tasks: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)
 
 
 class TokenizeConfig(StageConfig):
@@ -41,12 +50,14 @@ class TokenizeConfig(StageConfig):
     # Chat/reasoning data (`atom synth`) writes its ChatML and <think> markers as text on purpose: true
     # encodes them as their special-token ids. Web text keeps the default: a marker in it is plain text.
     special_tokens_in_text: bool = False
+    executor: TokenizeExecutorConfig = Field(default_factory=TokenizeExecutorConfig)
 
 
 def plan(config: TokenizeConfig) -> list[str]:
     return [
         f"check curated run {config.input} (columns, ids, sources, licenses, file hashes)",
-        f"encode documents with {config.tokenizer}/{TOKENIZER_FILE}, end-of-document token after each",
+        f"encode documents with {config.tokenizer}/{TOKENIZER_FILE}, end-of-document token after each "
+        f"({config.executor.tasks} task(s), {config.executor.workers} worker(s))",
         f"write {fmt.TOKENS_DIR}/NNNNN.ds(.index) shards of ~{config.shard_tokens} tokens ({config.dtype})",
         f"write {fmt.PROVENANCE}, {fmt.MANIFEST} and {fmt.CROISSANT} to {config.run.dir}",
     ]
@@ -224,8 +235,11 @@ def recorded_tokenize_config(config: TokenizeConfig, curated: CuratedRun, tokeni
     the same manifest): `input` the sha256 of the curated run's manifest.json (which vouches for every
     shard), `tokenizer` the content name of the tokenizer files."""
     records = [file_record(tokenizer_dir / name, tokenizer_dir) for name in TOKENIZER_FILES]
-    return recorded_config(config) | {"input": f"sha256:{curated.manifest_sha256}",
-                                      "tokenizer": content_name(records)}
+    recorded = {k: v for k, v in recorded_config(config).items() if k not in UNRECORDED}
+    return recorded | {"input": f"sha256:{curated.manifest_sha256}", "tokenizer": content_name(records)}
+
+
+UNRECORDED = ("executor",)  # settings that do not change a byte of the output: left out of the manifest
 
 
 def run(config: TokenizeConfig) -> Path:
@@ -241,38 +255,51 @@ def run(config: TokenizeConfig) -> Path:
         raise ConfigError(f"{tokenizer_dir}: tokenizer directory lacks {', '.join(missing)}")
 
     rundir = RunDir.claim(config.run.dir, "tokenize", config, overwrite=config.run.overwrite,
-                          inputs=stage_inputs(config))
+                          resumable_changes=UNRECORDED, inputs=stage_inputs(config))
     log = rundir.logger()
     root = rundir.path
     _clear(root)
+    if config.run.overwrite:
+        shutil.rmtree(root / WORK_DIR, ignore_errors=True)  # parts of another config: not reused
     (root / fmt.TOKENS_DIR).mkdir(parents=True)
     (root / fmt.TOKENIZER_DIR).mkdir()
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, root / fmt.TOKENIZER_DIR / name)
 
-    writer, provenance, sources = _write_shards(root, curated, tokenizer, tok_info, dtype, config)
+    _encode(root, curated, dtype, config)
+    writer, provenance, sources = _write_shards(root, curated, dtype, config)
     manifest = _dataset_manifest(root, config, curated, tokenizer_dir, tok_info, dtype, writer, provenance, sources)
     shards = manifest["shards"]
     DatasetManifest.parse(manifest, f"{root / fmt.MANIFEST} (being written)")
     write_json(root / fmt.MANIFEST, manifest)
     write_croissant(root, manifest)
+    shutil.rmtree(root / WORK_DIR)  # the parts are in the shards now
     log.info("tokenize: %d documents, %d tokens (%s) in %d shard(s) -> %s",
              writer.n_docs, writer.n_tokens, dtype, len(shards), root)
     print_summary(root, manifest)
     return root
 
 
-def _write_shards(root: Path, curated: Any, tokenizer: Any, tok_info: dict[str, Any], dtype: str,
-                  config: TokenizeConfig) -> tuple[ShardWriter, _ProvenanceWriter, dict[str, dict[str, Any]]]:
-    """Encode every curated document (EOS appended) into shards and the provenance table; per source, its
-    tokens, documents and documents per license."""
+def _encode(root: Path, curated: CuratedRun, dtype: str, config: TokenizeConfig) -> None:
+    """Every curated file encoded into its part under work/parts, by `executor.tasks` datatrove tasks."""
+    from data_pipeline.curate.executors import LocalExecutor, route_datatrove_logs
+
+    route_datatrove_logs()
+    step = EncodeFiles([str(f) for f in curated.files], str(root / PARTS_DIR), str(config.tokenizer), dtype,
+                       config.special_tokens_in_text, config.batch_size)
+    ex = config.executor
+    LocalExecutor([step], tasks=ex.tasks, workers=min(ex.workers, ex.tasks), logging_dir=str(root / LOGS_DIR),
+                  skip_completed=True).run()
+
+
+def _write_shards(root: Path, curated: CuratedRun, dtype: str, config: TokenizeConfig
+                  ) -> tuple[ShardWriter, _ProvenanceWriter, dict[str, dict[str, Any]]]:
+    """The encoded parts, in file order, into shards and the provenance table; per source, its tokens,
+    documents and documents per license."""
     provenance = _ProvenanceWriter(root / fmt.PROVENANCE)
     writer = ShardWriter(root, dtype, config.shard_tokens, provenance)
-    np_dtype = fmt.DTYPES[dtype]
     sources: dict[str, dict[str, Any]] = {}
-    for _, batch in curated.batches(config.batch_size):
-        tokens, lens = encode_documents(tokenizer, batch.column("text").to_pylist(), tok_info["eos_id"], np_dtype)
-        meta = pa.Table.from_batches([batch]).select(["id", "source", "license", "url", "source_version"])
+    for tokens, lens, meta in read_parts(root / PARTS_DIR, len(curated.files), dtype, config.batch_size):
         meta = meta.cast(pa.schema([(name, pa.string()) for name in meta.column_names]))
         writer.add(tokens, lens, meta)
         counts = pa.table({"source": meta.column("source"), "license": meta.column("license"),
