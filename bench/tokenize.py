@@ -2,6 +2,10 @@
 Croissant) against raw `tokenizers` `Tokenizer.encode_batch` over the same texts, in the same run.
 
     .venv/bin/python bench/tokenize.py [--mb 8] [--vocab 32768] [--repeats 3] [--input CURATED_RUN]
+        [--workers 1 2]
+
+`--workers N ...` also times the stage with its encoding spread over N datatrove tasks and workers
+(encode_tasks.py) and prints each one's ratio to one worker.
 
 Without --input it builds a curated run from the Python stdlib's .py files on this machine (real text,
 PSF-2.0) and trains a tokenizer on it first (not timed). Prints tokens/s of both and their ratio (goal:
@@ -53,7 +57,7 @@ def build_curated(root: Path, max_bytes: int) -> Path:
         size += len(text.encode())
     (root / "curated").mkdir(parents=True)
     outputs = []
-    per = 2000
+    per = 200  # several files: the stage's tasks split the curated run by file
     for i in range(0, len(rows), per):
         chunk = rows[i:i + per]
         path = root / "curated" / f"part-{i // per:05d}.parquet"
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--input", help="an existing curated run instead of the stdlib corpus")
     parser.add_argument("--tokenizer", help="an existing tokenizer directory")
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also time N tasks on N workers")
     args = parser.parse_args()
 
     from data_pipeline.tokenizer.train import TokenizerConfig
@@ -93,6 +98,7 @@ def main() -> None:
         tokenizer, info, _ = open_tokenizer(tok_dir, "auto")
 
         raw, fast, ours, n_tokens = [], [], [], 0
+        spread: dict[int, list[float]] = {}
         for r in range(args.repeats):
             t0 = time.perf_counter()
             count = 0
@@ -113,6 +119,12 @@ def main() -> None:
             n_tokens = sum(p.stat().st_size for p in (out / "tokens").glob("*.ds")) // 2
             assert n_tokens == n_raw, (n_tokens, n_raw)
             shutil.rmtree(out)
+            for n in args.workers:
+                t0 = time.perf_counter()
+                tokenize(TokenizeConfig(run=RunConfig(dir=str(out)), input=str(curated), tokenizer=str(tok_dir),
+                                        batch_size=args.batch_size, executor={"tasks": n, "workers": n}))
+                spread.setdefault(n, []).append(time.perf_counter() - t0)
+                shutil.rmtree(out)
         raw_tps = n_tokens / statistics.median(raw)
         our_tps = n_tokens / statistics.median(ours)
         print(f"corpus: {len(texts)} documents, {n_bytes / 1e6:.1f} MB, {n_tokens} tokens "
@@ -125,6 +137,10 @@ def main() -> None:
         print(f"ratio vs encode_batch       : {our_tps / raw_tps:.2f}x  (goal >= 0.8x)")
         if fast:
             print(f"ratio vs encode_batch_fast  : {our_tps / fast_tps:.2f}x  (what the stage encodes with)")
+        for n, times in spread.items():
+            tps = n_tokens / statistics.median(times)
+            print(f"atom tokenize, {n} worker(s)   : {tps:12,.0f} tokens/s  ({statistics.median(times):.2f} s), "
+                  f"{tps / our_tps:.2f}x the default (1 task)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
