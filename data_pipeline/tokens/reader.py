@@ -240,16 +240,24 @@ class TokenMixture:
         self.sequence = np.load(self.root / self.manifest["sequence"]["array"]["path"], mmap_mode="r")
 
     def spans(self) -> list[TokenSpan]:
-        """The token stream as shard spans, in mixture order (adjacent pieces of one shard merged)."""
-        out: list[TokenSpan] = []
-        for rec in self.sequence:
-            shard = self.datasets[rec["dataset"]].shards[rec["shard"]]
-            start, end = int(rec["start"]), int(rec["start"]) + int(rec["length"])
-            if out and out[-1].path == shard.path and out[-1].end == start:
-                out[-1] = TokenSpan(shard.path, self.dtype, out[-1].start, end, shard.index_path)
-            else:
-                out.append(TokenSpan(shard.path, self.dtype, start, end, shard.index_path))
-        return out
+        """The token stream as shard spans, in mixture order (adjacent pieces of one shard merged).
+
+        Vectorised over the sequence (a memory-mapped array): Python objects only for the merged runs."""
+        seq = self.sequence
+        if len(seq) == 0:
+            return []
+        first_shard = np.cumsum([0] + [len(d.shards) for d in self.datasets])
+        shard_id = first_shard[seq["dataset"].astype(np.int64)] + seq["shard"].astype(np.int64)
+        start = seq["start"].astype(np.int64)
+        end = start + seq["length"].astype(np.int64)
+        # A run continues while the next piece is in the same shard and starts where this one ends.
+        breaks = np.flatnonzero((shard_id[1:] != shard_id[:-1]) | (start[1:] != end[:-1])) + 1
+        firsts = np.concatenate([[0], breaks])
+        lasts = np.concatenate([breaks - 1, [len(seq) - 1]])
+        shards = [s for d in self.datasets for s in d.shards]
+        return [TokenSpan(shards[k].path, self.dtype, a, b, shards[k].index_path)
+                for k, a, b in zip(shard_id[firsts].tolist(), start[firsts].tolist(), end[lasts].tolist(),
+                                   strict=True)]
 
     def occurrences(self) -> Occurrences:
         key = np.zeros(len(self.sequence), dtype=np.uint64)

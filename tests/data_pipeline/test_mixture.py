@@ -100,3 +100,20 @@ def test_per_source_cap_unknown_source_and_bad_ratios(data, tmp_path):
                       sources={"stdlib-api-docs": {"tokens": 40_000}, "stdlib-module-docs": {"tokens": 10_000}}))
     sources = json.loads((got / "manifest.json").read_text())["sources"]
     assert sources["stdlib-module-docs"]["tokens"] >= 10_000
+
+
+def test_spans_merge_contiguous_pieces_like_a_walk_over_the_sequence(data):
+    """The vectorised span index equals the per-document walk it replaced (same spans, same merges)."""
+    from data_pipeline.tokens.reader import TokenSpan
+
+    mixture = TokenMixture(data["mixture"])
+    walked: list[TokenSpan] = []
+    for rec in mixture.sequence:
+        shard = mixture.datasets[rec["dataset"]].shards[rec["shard"]]
+        start, end = int(rec["start"]), int(rec["start"]) + int(rec["length"])
+        if walked and walked[-1].path == shard.path and walked[-1].end == start:
+            walked[-1] = TokenSpan(shard.path, mixture.dtype, walked[-1].start, end, shard.index_path)
+        else:
+            walked.append(TokenSpan(shard.path, mixture.dtype, start, end, shard.index_path))
+    assert mixture.spans() == walked
+    assert sum(s.n_tokens for s in walked) == mixture.n_tokens
