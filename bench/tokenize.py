@@ -83,7 +83,8 @@ def main() -> None:
     from data_pipeline.tokenizer.train import TokenizerConfig
     from data_pipeline.tokenizer.train import run as train
     from data_pipeline.tokens.curated import open_curated
-    from data_pipeline.tokens.tokenize import TokenizeConfig, open_tokenizer
+    from data_pipeline.tokens.encoding import open_tokenizer
+    from data_pipeline.tokens.tokenize import TokenizeConfig
     from data_pipeline.tokens.tokenize import run as tokenize
 
     work = Path(tempfile.mkdtemp(prefix="atom-bench-tokenize-"))

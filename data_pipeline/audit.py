@@ -169,7 +169,7 @@ def _licenses(report: AuditReport, file: str, licenses: np.ndarray, ids: np.ndar
 def _tokenizer_facts(root: Path, tok: dict[str, Any], report: AuditReport, prefix: str) -> dict[str, Any] | None:
     """eos/pad tokens and ids and the vocab size as the dataset's own copy of the tokenizer gives them, or
     None when those files are not the ones the manifest pins (then they are what fails)."""
-    from data_pipeline.tokens.tokenize import open_tokenizer
+    from data_pipeline.tokens.encoding import open_tokenizer
 
     ok = all([_file(report, record, root, prefix, f"tokenizer.files[{j}]")
               for j, record in enumerate(tok.get("files", []))])

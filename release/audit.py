@@ -436,7 +436,7 @@ def _croissant(data_dir: Path, manifest: dict[str, Any], prefix: str, report: Au
 def _numbers(root: Path, release: Release, report: AuditReport) -> None:
     """release.json's totals, the weights' origin and the tokenizer's ids, recomputed from the stages and
     from tokenizer.json itself (the model's sizes are recomputed in `_weights`)."""
-    from data_pipeline.tokens.tokenize import open_tokenizer
+    from data_pipeline.tokens.encoding import open_tokenizer
 
     stages = release.stages
     agree(report, RELEASE_JSON, "tokens_total", release.tokens_total, sum(s.tokens for s in stages),

@@ -245,7 +245,7 @@ def _copy_tokenizer(stages: list[StageRecord], src: Path, manifest: dict[str, An
     if sha not in want:
         raise ConfigError(f"{src / 'tokenizer.json'}: sha256 {sha} is not the tokenizer the run trained with")
     # The ids come from the tokenizer itself (a mixture's manifest records no pad id); `atom audit` does the same.
-    from data_pipeline.tokens.tokenize import open_tokenizer
+    from data_pipeline.tokens.encoding import open_tokenizer
 
     _, info, _ = open_tokenizer(out, "auto")
     tok = manifest["tokenizer"]

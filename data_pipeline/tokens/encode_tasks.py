@@ -29,6 +29,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from core.config import ConfigError
 from data_pipeline.tokens import format as fmt
+from data_pipeline.tokens.encoding import encode_documents, open_tokenizer
 
 WORK_DIR = "work"  # removed once the manifest is written
 PARTS_DIR = f"{WORK_DIR}/parts"
@@ -54,8 +55,6 @@ class EncodeFiles(PipelineStep):
         self.dtype, self.special, self.batch_size = dtype, special_tokens_in_text, batch_size
 
     def run(self, data: Any = None, rank: int = 0, world_size: int = 1) -> Iterator[Any]:
-        from data_pipeline.tokens.tokenize import open_tokenizer
-
         tokenizer, info, _ = open_tokenizer(self.tokenizer_dir, self.dtype, self.special)
         parts = Path(self.parts_dir)
         for index in range(rank, len(self.files), world_size):
@@ -71,8 +70,6 @@ class EncodeFiles(PipelineStep):
 def encode_file(path: Path, parts: Path, name: str, tokenizer: Any, eos_id: int, dtype: np.dtype,
                 batch_size: int) -> None:
     """One curated file's part, written under temporary names and renamed, then marked done."""
-    from data_pipeline.tokens.tokenize import encode_documents
-
     parts.mkdir(parents=True, exist_ok=True)
     tmp = {kind: parts / f".{name}.{kind}.tmp" for kind in ("tokens", "lens", "meta")}
     lens: list[np.ndarray] = []

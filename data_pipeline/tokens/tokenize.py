@@ -10,7 +10,6 @@ closed once it holds `shard_tokens` tokens; documents are never split. Every che
 from __future__ import annotations
 
 import shutil
-from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +23,11 @@ from core.manifest import code_version, content_name, file_record, recorded_conf
 from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
 from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
-from data_pipeline.tokenizer.train import TOKENIZER_FILE, load_tokenizer, read_special
+from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
 from data_pipeline.tokens.curated import CuratedRun, open_curated
 from data_pipeline.tokens.encode_tasks import LOGS_DIR, PARTS_DIR, WORK_DIR, EncodeFiles, read_parts
+from data_pipeline.tokens.encoding import open_tokenizer
 from data_pipeline.tokens.manifest import DatasetManifest
 
 
@@ -171,15 +171,6 @@ class ShardWriter:
             self._close()
 
 
-def encode_documents(tokenizer, texts: list[str], eos_id: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of `texts` back to back, EOS after each, and each document's length (EOS included)."""
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    ids = [e.ids for e in encode(texts, add_special_tokens=False)]
-    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lens.sum()))
-    return np.insert(flat, np.cumsum(lens), eos_id), lens + 1
-
-
 def _output_paths(root: Path) -> list[Path]:
     return [root / fmt.TOKENS_DIR, root / fmt.TOKENIZER_DIR, root / fmt.PROVENANCE, root / fmt.MANIFEST,
             root / fmt.CROISSANT]
@@ -191,29 +182,6 @@ def _clear(root: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def open_tokenizer(path: str | Path, dtype: str, special_tokens_in_text: bool = False
-                   ) -> tuple[Any, dict[str, Any], str]:
-    """The tokenizer for encoding documents (special-token strings inside text stay plain text unless
-    `special_tokens_in_text`)."""
-    tokenizer = load_tokenizer(path)
-    special = read_special(path)
-    eos = special.get("eos_token")
-    eos_id = tokenizer.token_to_id(eos) if eos else None
-    if eos_id is None:
-        raise ConfigError(f"{path}: tokenizer has no end-of-document token (eos_token {eos!r})")
-    resolved = fmt.choose_dtype(tokenizer.get_vocab_size(), dtype)
-    # A document that contains the text "<|endoftext|>" must not end early: encode it as bytes.
-    tokenizer.encode_special_tokens = not special_tokens_in_text
-    info = {
-        "eos_token": eos,
-        "eos_id": eos_id,
-        "pad_token": special.get("pad_token"),
-        "pad_id": tokenizer.token_to_id(special["pad_token"]) if special.get("pad_token") else None,
-        "vocab_size": tokenizer.get_vocab_size(),
-    }
-    return tokenizer, info, resolved
 
 
 def check_licenses(curated: CuratedRun, allow: list[str] | None) -> None:
