@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("mix", "audit-dataset", "audit-mixture", "held-out", "loader-index")
 SEQ_LEN = 512
 BATCH_DOCS = 50_000
+SHARD_TOKENS = 50_000_000
 
 
 def real_statistics(work: Path) -> tuple[dict[str, np.ndarray], np.ndarray, Path]:
@@ -90,7 +91,7 @@ def build_dataset(root: Path, n_docs: int, lengths: dict[str, np.ndarray], unigr
     for name in FILES:
         shutil.copyfile(tok_dir / name, root / fmt.TOKENIZER_DIR / name)
     provenance = _ProvenanceWriter(root / fmt.PROVENANCE)
-    writer = ShardWriter(root, dtype, 50_000_000, provenance)
+    writer = ShardWriter(root, dtype, SHARD_TOKENS, provenance)
     rng = np.random.default_rng(0)
     names = sorted(lengths)
     sources: dict[str, dict[str, Any]] = {n: {"tokens": 0, "docs": 0, "licenses": {"PSF-2.0": 0}} for n in names}
@@ -115,7 +116,8 @@ def build_dataset(root: Path, n_docs: int, lengths: dict[str, np.ndarray], unigr
     writer.close()
     provenance.close()
     curated = CuratedRun(root, [], {}, "0" * 64, n_docs)
-    config = TokenizeConfig(run=RunConfig(dir=str(root)), input="synthetic", tokenizer=str(tok_dir))
+    config = TokenizeConfig(run=RunConfig(dir=str(root)), input="synthetic", tokenizer=str(tok_dir),
+                            shard_tokens=SHARD_TOKENS)
     manifest = _dataset_manifest(root, config, curated, tok_dir, info, dtype, writer, provenance, sources)
     write_json(root / fmt.MANIFEST, manifest)
     write_croissant(root, manifest)

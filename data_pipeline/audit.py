@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -60,6 +61,8 @@ from data_pipeline.tokens.curated import CURATION_SCHEMA
 from data_pipeline.tokens.manifest import DatasetManifest, MixtureManifest
 
 CHUNK = 1 << 24  # tokens per read when scanning a shard
+# The provenance columns the dataset audit reads (url and source_version are not recounted: left on disk).
+PROVENANCE_AUDITED = ["doc_index", "id", "source", "license", "shard", "token_start", "token_end"]
 
 
 def allow_list_from_config(path: str | Path) -> list[str] | None:
@@ -156,12 +159,16 @@ def _file(report: AuditReport, record: dict[str, Any], root: Path, prefix: str, 
     return report.add(prefix + record["path"], "sha256 and size", problem is None, problem or "")
 
 
-def _licenses(report: AuditReport, file: str, licenses: np.ndarray, ids: np.ndarray, allow) -> None:
-    empty = np.array([not (isinstance(v, str) and v.strip()) for v in licenses], dtype=bool)
-    report.add(file, "every document has a license", not empty.any(),
-               f"{int(empty.sum())} document(s) without a license, e.g. {ids[empty][:3].tolist()}")
+def _licenses(report: AuditReport, file: str, licenses: pa.ChunkedArray | pa.Array, ids: pa.ChunkedArray | pa.Array,
+              allow) -> None:
+    """Every document has a non-blank license, within the allow-list when there is one (Arrow compute: no
+    Python object per document)."""
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(licenses), ""), True)
+    n_empty = pc.sum(empty).as_py() or 0
+    report.add(file, "every document has a license", n_empty == 0,
+               f"{n_empty} document(s) without a license, e.g. {pc.filter(ids, empty)[:3].to_pylist()}")
     if allow is not None:
-        outside = sorted({v for v in licenses[~empty].tolist() if v not in allow})
+        outside = sorted(v for v in pc.unique(pc.filter(licenses, pc.invert(empty))).to_pylist() if v not in allow)
         report.add(file, "licenses within allow-list", not outside,
                    f"{', '.join(outside)} not in allow-list {allow}")
 
@@ -321,12 +328,21 @@ def _dataset_provenance(root: Path, manifest: dict[str, Any], report: AuditRepor
     pname = prefix + prov_rec.get("path", fmt.PROVENANCE)
     if _file(report, prov_rec, root, prefix, "provenance") or (root / prov_rec["path"]).is_file():
         try:
-            table = pq.read_table(root / prov_rec["path"])
+            table = read_provenance(root / prov_rec["path"])
         except Exception as exc:  # noqa: BLE001 - any unreadable Parquet is a failed check
             report.add(pname, "readable Parquet", False, str(exc))
             return
         audit_provenance(table, manifest, ends_global, report, pname, prefix + fmt.MANIFEST, allow,
                          summarize=not prefix, totals=totals)
+
+
+def read_provenance(path: Path) -> pa.Table:
+    """The provenance columns the audit recounts (url and source_version stay on disk: at a million documents
+    they are most of the table's memory); the column check still sees every column of the file, as
+    `schema_names` in the table's metadata."""
+    schema = pq.read_schema(path)
+    table = pq.read_table(path, columns=[c for c in PROVENANCE_AUDITED if c in schema.names])
+    return table.replace_schema_metadata({b"schema_names": json.dumps(schema.names).encode()})
 
 
 def _curated_run_of(root: Path) -> Path | None:
@@ -382,7 +398,8 @@ def audit_provenance(table, manifest, ends_global, report, pname, mname, allow, 
     """The provenance table against the shards (`ends_global`: each shard's document ends, global) and the
     manifest; `totals` (tokens, documents) as recounted from the shards, else the manifest's."""
     n_tokens, n_docs = totals or (int(manifest["n_tokens"]), int(manifest["n_docs"]))
-    missing = [c for c in fmt.PROVENANCE_SCHEMA.names if c not in table.column_names]
+    names = json.loads((table.schema.metadata or {}).get(b"schema_names", b"null")) or table.column_names
+    missing = [c for c in fmt.PROVENANCE_SCHEMA.names if c not in names]
     if not report.add(pname, "columns", not missing, f"missing column(s) {missing}"):
         return
     report.add(pname, "one row per document", table.num_rows == n_docs,
@@ -400,25 +417,28 @@ def audit_provenance(table, manifest, ends_global, report, pname, mname, allow, 
         shard_ends = np.concatenate(ends_global)
         report.add(pname, "agrees with shard document boundaries", np.array_equal(shard_ends, end),
                    "token_end differs from the shards' .ds.index")
-        shard_of_doc = np.concatenate([np.full(len(e), s["path"], dtype=object)
-                                       for e, s in zip(ends_global, manifest["shards"], strict=True)])
-        column = np.array(table.column("shard").to_pylist(), dtype=object)
-        report.add(pname, "shard column", len(column) == len(shard_of_doc) and bool(np.all(column == shard_of_doc)),
+        # The shard column, dictionary-encoded: one small list of names and an index per document.
+        encoded = pc.dictionary_encode(table.column("shard")).combine_chunks()
+        order = {s["path"]: i for i, s in enumerate(manifest["shards"])}
+        code = np.array([order.get(name, -1) for name in encoded.dictionary.to_pylist()], dtype=np.int64)
+        column = code[encoded.indices.to_numpy(zero_copy_only=False)] if len(encoded) else np.zeros(0, np.int64)
+        expected = np.repeat(np.arange(len(ends_global)), [len(e) for e in ends_global])
+        report.add(pname, "shard column", np.array_equal(column, expected),
                    "shard names differ from the manifest's shard order")
-    ids = np.array(table.column("id").to_pylist(), dtype=object)
-    licenses = np.array(table.column("license").to_pylist(), dtype=object)
-    _licenses(report, pname, licenses, ids, allow)
-    lengths = end - start
+    _licenses(report, pname, table.column("license"), table.column("id"), allow)
+    sizes = pa.table({"source": table.column("source"), "license": table.column("license"),
+                      "n": pa.array(end - start, pa.int64())})
     counted: dict[str, dict[str, Any]] = {}
-    for source, lic, n in zip(table.column("source").to_pylist(), licenses.tolist(), lengths.tolist(), strict=True):
-        entry = counted.setdefault(source, {"tokens": 0, "docs": 0, "licenses": {}})
-        entry["tokens"] += n
-        entry["docs"] += 1
-        entry["licenses"][lic] = entry["licenses"].get(lic, 0) + 1
+    for row in sizes.group_by(["source", "license"]).aggregate([("n", "sum"), ("n", "count")]).to_pylist():
+        entry = counted.setdefault(row["source"], {"tokens": 0, "docs": 0, "licenses": {}})
+        entry["tokens"] += row["n_sum"]
+        entry["docs"] += row["n_count"]
+        entry["licenses"][row["license"]] = row["n_count"]
+    counted = {name: {**v, "licenses": dict(sorted(v["licenses"].items()))} for name, v in sorted(counted.items())}
     agree(report, mname, "sources", manifest.get("sources", {}), counted, pname)
     if summarize:
         report.summary["sources"] = len(counted)
-        report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if v}))
+        report.summary["licenses"] = ",".join(sorted(v for v in pc.unique(table.column("license")).to_pylist() if v))
 
 
 def _audit_croissant(root: Path, manifest: dict[str, Any], report: AuditReport, prefix: str) -> None:
@@ -487,9 +507,9 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
     if table.num_rows == len(seq):
         for column, values in (("id", ids), ("source", sources), ("license", licenses)):
             report.add(table_rec["path"], f"{column} matches dataset provenance",
-                       table.column(column).to_pylist() == values.tolist(), f"column {column} differs")
-        _licenses(report, table_rec["path"], np.array(table.column("license").to_pylist(), dtype=object),
-                  np.array(table.column("id").to_pylist(), dtype=object), allow)
+                       table.column(column).combine_chunks().cast(pa.string()).equals(values),
+                       f"column {column} differs")
+        _licenses(report, table_rec["path"], table.column("license"), table.column("id"), allow)
 
     # Realised counts and the repetition cap, recounted.
     recorded = manifest.get("sources", {})
@@ -499,12 +519,12 @@ def _audit_mixture(root: Path, manifest: dict[str, Any], report: AuditReport, al
         report.add(mname, "repetition cap", bool(within),
                    f"source {name!r}: target {entry.get('target_tokens')} > cap {cap} x {have} available tokens")
         report.add(mname, "source has a license", bool(entry.get("licenses")), f"source {name!r} lists no license")
-    unlisted = sorted({s for s in sources.tolist() if s is not None} - set(recorded))
+    unlisted = sorted({s for s in pc.unique(sources).to_pylist() if s is not None} - set(recorded))
     report.add(mname, "every sequence source recorded", not unlisted, f"sources {unlisted} not in manifest")
     if all(p is not None for p in provenance):
         _mixture_sources(manifest, seq, sources, licenses, [p[0] for p in provenance if p is not None], report)
     report.summary["sources"] = len(recorded)
-    report.summary["licenses"] = ",".join(sorted({v for v in licenses.tolist() if isinstance(v, str) and v}))
+    report.summary["licenses"] = ",".join(sorted(v for v in pc.unique(licenses).to_pylist() if v))
     _audit_croissant(root, manifest, report, "")
 
 
@@ -534,7 +554,7 @@ def _mixture_datasets(root: Path, entries: list[dict[str, Any]], report: AuditRe
             agree(report, fmt.MANIFEST, f"datasets[{i}].{key}", entry.get(key), ds_manifest.get(key),
                   prefix + fmt.MANIFEST)
         try:
-            prov = pq.read_table(ds_root / ds_manifest["provenance"]["path"])
+            prov = read_provenance(ds_root / ds_manifest["provenance"]["path"])
             offsets = {s["path"]: (j, s["token_offset"]) for j, s in enumerate(ds_manifest["shards"])}
             provenance.append((prov, offsets))
         except Exception:  # noqa: BLE001 - reported by the dataset audit above
@@ -563,11 +583,11 @@ def _mixture_sequence(seq: np.ndarray, table: pa.Table, lengths: np.ndarray, man
 
 def _mixture_documents(seq: np.ndarray, lengths: np.ndarray, provenance: list[Provenance | None],
                        entries: list[dict[str, Any]], report: AuditReport,
-                       seq_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every referenced document exists with exactly these tokens; its id, source and license per entry."""
-    ids = np.empty(len(seq), dtype=object)
-    sources = np.empty(len(seq), dtype=object)
-    licenses = np.empty(len(seq), dtype=object)
+                       seq_path: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Every referenced document exists with exactly these tokens; its id, source and license per entry, as
+    Arrow arrays in sequence order (null where a dataset could not be read)."""
+    positions: list[np.ndarray] = []
+    columns: dict[str, list[pa.Array]] = {name: [] for name in ("id", "source", "license")}
     for d, prov in enumerate(provenance):
         mask = seq["dataset"] == d
         if prov is None or not mask.any():
@@ -580,18 +600,25 @@ def _mixture_documents(seq: np.ndarray, lengths: np.ndarray, provenance: list[Pr
             continue
         start = table_d.column("token_start").to_numpy()[docs]
         end = table_d.column("token_end").to_numpy()[docs]
-        shard_names = np.array(table_d.column("shard").to_pylist(), dtype=object)[docs]
-        shard_idx = np.array([offsets[s][0] for s in shard_names])
-        shard_off = np.array([offsets[s][1] for s in shard_names])
-        spans_ok = (np.array_equal(seq["shard"][mask].astype(np.int64), shard_idx)
-                    and np.array_equal(seq["start"][mask].astype(np.int64), start - shard_off)
+        shards = pc.dictionary_encode(table_d.column("shard").take(pa.array(docs))).combine_chunks()
+        names = shards.dictionary.to_pylist()
+        index = np.array([offsets[n][0] if n in offsets else -1 for n in names], np.int64)
+        shift = np.array([offsets[n][1] if n in offsets else 0 for n in names], np.int64)
+        codes = shards.indices.to_numpy(zero_copy_only=False)
+        spans_ok = (np.array_equal(seq["shard"][mask].astype(np.int64), index[codes])
+                    and np.array_equal(seq["start"][mask].astype(np.int64), start - shift[codes])
                     and np.array_equal(lengths[mask], end - start))
         report.add(seq_path, f"spans are whole documents of {entries[d]['path']}", spans_ok,
                    "shard/start/length differ from the dataset's provenance")
-        ids[mask] = np.array(table_d.column("id").to_pylist(), dtype=object)[docs]
-        sources[mask] = np.array(table_d.column("source").to_pylist(), dtype=object)[docs]
-        licenses[mask] = np.array(table_d.column("license").to_pylist(), dtype=object)[docs]
-    return ids, sources, licenses
+        positions.append(np.flatnonzero(mask))
+        for name, parts in columns.items():
+            parts.append(table_d.column(name).take(pa.array(docs)).combine_chunks().cast(pa.string()))
+    covered = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+    missing = np.setdiff1d(np.arange(len(seq)), covered)  # entries of unreadable datasets: nulls
+    order = pa.array(np.argsort(np.concatenate([covered, missing]), kind="stable"))
+    out = [pa.concat_arrays([*parts, pa.nulls(len(missing), pa.string())]).take(order)
+           for parts in columns.values()]
+    return out[0], out[1], out[2]
 
 
 def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
@@ -617,7 +644,7 @@ def _mixture_inherited(manifest: dict[str, Any], entries: list[dict[str, Any]],
            "the datasets' manifests")
 
 
-def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndarray, licenses: np.ndarray,
+def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: pa.Array, licenses: pa.Array,
                      tables: list[Any], report: AuditReport) -> None:
     """Targets from the recorded config (with `mix.targets`), realised counts from the sequence, what was
     available from the datasets' provenance: every number of `sources`, `excluded_sources`, `target_tokens`."""
@@ -634,19 +661,21 @@ def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndar
     agree(report, mname, "target_tokens", manifest.get("target_tokens"), cfg.target_tokens, "config.target_tokens")
     available: dict[str, list[int]] = {}
     for table in tables:
-        lengths = (table.column("token_end").to_numpy() - table.column("token_start").to_numpy()).tolist()
-        for name, n in zip(table.column("source").to_pylist(), lengths, strict=True):
-            entry = available.setdefault(name, [0, 0])
-            entry[0] += n
-            entry[1] += 1
+        sizes = pa.table({"source": table.column("source"),
+                          "n": pa.array(table.column("token_end").to_numpy() - table.column("token_start").to_numpy())})
+        for row in sizes.group_by("source").aggregate([("n", "sum"), ("n", "count")]).to_pylist():
+            entry = available.setdefault(row["source"], [0, 0])
+            entry[0] += row["n_sum"]
+            entry[1] += row["n_count"]
     lengths = seq["length"].astype(np.int64)
     n_tokens = int(lengths.sum())
     expected: dict[str, Any] = {}
     for name, tokens in goal.items():
-        mask = sources == name
+        mask = pc.fill_null(pc.equal(sources, name), False).to_numpy(zero_copy_only=False)
         got = int(lengths[mask].sum())
         have, have_docs = available.get(name, [0, 0])
-        lic, counts = np.unique(licenses[mask].astype(str), return_counts=True)
+        tally = pc.value_counts(pc.filter(licenses, pa.array(mask))).to_pylist()
+        lic_counts = sorted((str(t["values"]), t["counts"]) for t in tally)
         expected[name] = {
             "target_tokens": tokens,
             "target_ratio": tokens / cfg.target_tokens,
@@ -658,7 +687,7 @@ def _mixture_sources(manifest: dict[str, Any], seq: np.ndarray, sources: np.ndar
             "repetitions": got / have if have else None,
             "max_epoch": int(seq["epoch"][mask].max()) if mask.any() else None,
             "max_repetitions": cfg.sources[name].max_repetitions or cfg.max_repetitions,
-            "licenses": {str(k): int(c) for k, c in zip(lic, counts, strict=True)},
+            "licenses": {k: int(c) for k, c in lic_counts},
         }
     source = f"{fmt.SEQUENCE_ARRAY}, the datasets' provenance and the recorded config"
     agree(report, mname, "sources", manifest.get("sources"), expected, source)

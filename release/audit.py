@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import yaml
 
 from core.audit import ABSENT, AuditReport, agree
@@ -36,7 +35,7 @@ from core.config import ConfigError
 from core.manifest import sha256_file, verify_file_record
 from core.manifest_model import ManifestError
 from core.rundir import recorded_config_digest, tree_digest
-from data_pipeline.audit import audit_data, audit_provenance
+from data_pipeline.audit import audit_data, audit_provenance, read_provenance
 from data_pipeline.tokens import format as fmt
 from pretrain.metrics import read_jsonl
 from release import data as rdata
@@ -378,7 +377,7 @@ def _data_files(data_dir: Path, manifest: dict[str, Any], stage: Stage, report: 
     def dataset(ds_dir: Path, ds_manifest: dict[str, Any], pre: str) -> bool:
         ok = pinned(ds_manifest["provenance"], ds_dir, pre)
         if ok:
-            audit_provenance(pq.read_table(ds_dir / ds_manifest["provenance"]["path"]), ds_manifest, [], report,
+            audit_provenance(read_provenance(ds_dir / ds_manifest["provenance"]["path"]), ds_manifest, [], report,
                               pre + ds_manifest["provenance"]["path"], pre + fmt.MANIFEST, None, summarize=False)
         return ok
 
