@@ -407,6 +407,7 @@ COMMANDS: dict[str, How] = {
     ".venv/bin/python -m bench.tokenize --mb 8 --repeats 3": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.moe_step": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.ep": How("parse", BENCH, parse_by_help),
+    ".venv/bin/python -m bench.scale": How("parse", BENCH, parse_by_help),
     ".venv/bin/python bench/curate.py --tasks 8 --workers 2": How("parse", BENCH, parse_by_help),
     "OMP_NUM_THREADS=1 .venv/bin/python -m bench.loader": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.checkpoint": How("parse", BENCH, parse_by_help),
