@@ -207,14 +207,17 @@ def test_html_files_are_decoded_by_their_declared_or_detected_charset(tmp_path):
     (pages / "undeclared.html").write_bytes(page.replace("charset=utf-8", "").encode("cp1252", "xmlcharrefreplace"))
     (pages / "utf16.html").write_bytes(codecs.BOM_UTF16_LE + page.encode("utf-16-le"))
     (pages / "plain.txt").write_bytes("Grüße aus Köln, ein Text in Latin-1.".encode("latin-1"))
+    (pages / "plain16.txt").write_bytes(codecs.BOM_UTF16_LE + "Grüße aus Köln, in UTF-16.".encode("utf-16-le"))
     run_dir = tmp_path / "run"
     config_file = tmp_path / "charsets.yaml"
     config_file.write_text(f"sources:\n  - {{name: de, kind: files, path: {pages}}}\n" + MINIMAL.format(run=run_dir))
     run(load_config(CurateConfig, config_file))
 
-    assert read_manifest(run_dir)["quarantine"] == {"invalid_utf8": 1}  # plain text is UTF-8 by definition
+    # plain text declares nothing but a BOM: UTF-16 with one is read, Latin-1 without one is quarantined
+    assert read_manifest(run_dir)["quarantine"] == {"invalid_utf8": 1}
     texts = {row["url"].rsplit("/", 1)[1]: row["text"] for row in curated(run_dir)}
-    assert sorted(texts) == ["latin1.html", "undeclared.html", "utf16.html"]
+    assert sorted(texts) == ["latin1.html", "plain16.txt", "undeclared.html", "utf16.html"]
+    assert texts["plain16.txt"] == "Grüße aus Köln, in UTF-16."
     reference = texts["latin1.html"]
     assert "ü" in reference and "Ã" not in reference and "\ufffd" not in reference
     assert texts["undeclared.html"] == reference and texts["utf16.html"] == reference

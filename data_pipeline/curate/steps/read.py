@@ -186,6 +186,12 @@ class SourceReader(PipelineStep):
             return lowered.split("charset=", 1)[1].split(";")[0].strip().strip('"') or "utf-8"
         return cls._file_charset(raw) if html else "utf-8"
 
+    @staticmethod
+    def _text_charset(raw: bytes) -> str:
+        """A plain-text file's encoding: its BOM (UTF-8, UTF-16), else UTF-8. Plain text declares nothing else,
+        and guessing a short file's code page is unreliable: undecodable text is quarantined, not guessed."""
+        return next((codec for bom, codec in BOMS if raw.startswith(bom)), "utf-8")
+
     def read_files(self, source: dict, path: Path, rel: str) -> Iterator[Document | Quarantined]:
         loc = f"{source['name']}:{rel}"
         size = path.stat().st_size
@@ -198,7 +204,7 @@ class SourceReader(PipelineStep):
             yield Quarantined("binary_file", loc, preview=_preview(raw))
             return
         html = source["html"] if source.get("html") is not None else path.suffix.lower() in HTML_SUFFIXES
-        text = self._decode(raw, loc, self._file_charset(raw) if html else "utf-8")
+        text = self._decode(raw, loc, self._file_charset(raw) if html else self._text_charset(raw))
         if isinstance(text, Quarantined):
             yield text
             return
