@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
@@ -90,7 +91,7 @@ def _documents(datasets: list[TokenDataset]) -> pa.Table:
                              columns=["doc_index", "id", "source", "license", "shard", "token_start", "token_end"])
         shard_index = {s["path"]: i for i, s in enumerate(ds.manifest["shards"])}
         offsets = np.array([s.token_offset for s in ds.shards], dtype=np.int64)
-        shard = np.array([shard_index[p] for p in prov.column("shard").to_pylist()], dtype=np.int64)
+        shard = _codes(prov.column("shard"), shard_index)
         start = prov.column("token_start").to_numpy()
         tables.append(pa.table({
             "dataset": pa.array(np.full(prov.num_rows, d), pa.int32()),
@@ -103,6 +104,19 @@ def _documents(datasets: list[TokenDataset]) -> pa.Table:
             "license": prov.column("license"),
         }))
     return pa.concat_tables(tables)
+
+
+def _codes(column: pa.ChunkedArray, code_of: dict[str, int]) -> np.ndarray:
+    """Each row's code (`code_of[value]`), through a dictionary encoding: no Python object per row."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    table = np.array([code_of[v] for v in encoded.dictionary.to_pylist()], dtype=np.int64)
+    return table[encoded.indices.to_numpy(zero_copy_only=False)] if len(encoded) else np.zeros(0, np.int64)
+
+
+def _names(column: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """The distinct values of a string column, sorted, and each row's index into them."""
+    names = sorted(v for v in pc.unique(column).to_pylist())
+    return names, _codes(column, {name: i for i, name in enumerate(names)})
 
 
 def _open_datasets(config: MixConfig) -> list[TokenDataset]:
@@ -166,10 +180,10 @@ def run(config: MixConfig) -> Path:
 
 
 def _available(docs: pa.Table, lengths_all: np.ndarray) -> Available:
-    source_col = docs.column("source").to_numpy(zero_copy_only=False)
+    names, code = _names(docs.column("source"))
     available = {}
-    for name in sorted(set(source_col.tolist())):
-        mask = source_col == name
+    for k, name in enumerate(names):
+        mask = code == k
         available[name] = (np.flatnonzero(mask), int(lengths_all[mask].sum()))
     return available
 
@@ -245,14 +259,15 @@ def _write_sequence(root: Path, picked: pa.Table, epoch: np.ndarray) -> np.ndarr
 def _source_summaries(config: MixConfig, goal: dict[str, int], available: Available, picked: pa.Table,
                       epoch: np.ndarray, lengths: np.ndarray) -> dict[str, Any]:
     n_tokens = int(lengths.sum())
-    picked_source = picked.column("source").to_numpy(zero_copy_only=False)
-    picked_license = picked.column("license").to_numpy(zero_copy_only=False)
+    source_names, picked_source = _names(picked.column("source"))
+    license_names, picked_license = _names(picked.column("license"))
     sources: dict[str, Any] = {}
     for name, tokens in goal.items():
-        mask = picked_source == name
+        mask = picked_source == (source_names.index(name) if name in source_names else -1)
         got = int(lengths[mask].sum())
         have_rows, have = available[name]
-        licenses, counts = np.unique(picked_license[mask], return_counts=True)
+        codes, counts = np.unique(picked_license[mask], return_counts=True)
+        licenses = [license_names[c] for c in codes]
         sources[name] = {
             "target_tokens": tokens,
             "target_ratio": tokens / config.target_tokens,
