@@ -16,7 +16,7 @@ else
 CONSTRAINT := -c $(VENV)/constraints-keep.txt
 endif
 
-.PHONY: setup quickstart test test-fast lint typecheck cluster-start cluster-stop clean
+.PHONY: setup quickstart test test-fast lint typecheck cluster-start cluster-stop clean corpus
 
 setup: $(STAMP)
 
@@ -51,6 +51,18 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# A larger real corpus for benchmarks (not shipped, not used by the tests): every HTML page of Debian's
+# documentation packages in several languages, each with its license, under corpora/large/ (~21k pages).
+CORPUS ?= corpora/large
+CORPUS_PACKAGES ?= libreoffice-help-en-us libreoffice-help-de libreoffice-help-fr libreoffice-help-es \
+	libreoffice-help-it libreoffice-help-pt libreoffice-help-ja gimp-help-en gimp-help-de gimp-help-fr \
+	gimp-help-es postgresql-doc-15 python3.11-doc debian-reference-en debian-reference-de debian-reference-fr
+
+corpus: setup
+	mkdir -p $(CORPUS)
+	$(PY) -m data_pipeline.sources.debian $(CORPUS) $(CORPUS_PACKAGES) > $(CORPUS)/sources.yaml
+	@echo "$(CORPUS): $$(find $(CORPUS) -name '*.html' | wc -l) HTML pages; curation sources in $(CORPUS)/sources.yaml"
 
 cluster-start:
 	bash slurm/local_cluster.sh start

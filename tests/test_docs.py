@@ -301,6 +301,13 @@ def parse_make_setup_keep(command: str, workdir: Path) -> None:
     assert "torch==2.13.0" not in recipe and "constraints-cpu.txt -e" not in recipe, recipe
 
 
+def parse_make_corpus(command: str, workdir: Path) -> None:
+    """The recipe runs the Debian importer over the documentation packages (downloading them is not done)."""
+    recipe = execute(["make", "-n", *shlex.split(command)[1:], f"CORPUS={workdir / 'corpus'}"], REPO).stdout
+    assert "-m data_pipeline.sources.debian" in recipe and "libreoffice-help-de" in recipe, recipe
+    assert "gimp-help-en" in recipe and "postgresql-doc-15" in recipe, recipe
+
+
 def check_gpu_extra(command: str, workdir: Path) -> None:
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "gpu" in extras, f"`{command}`: pyproject.toml has no [gpu] extra (has {sorted(extras)})"
@@ -395,6 +402,8 @@ COMMANDS: dict[str, How] = {
     ".venv/bin/pip install -c .venv/constraints-keep.txt -e '.[gpu]'": How(
         "not run", "megablocks builds CUDA kernels; checked: the [gpu] extra and the constraints file exist",
         check_gpu_extra),
+    "make corpus": How("parse", "downloads ~300 MB of Debian packages; `make -n` shows the importer's command",
+                       parse_make_corpus),
     "atom --help": How("run", "cheap", run_atom_help),
     "bash slurm/local_cluster.sh start": How("run", "slurm marker: needs root and the cluster",
                                              run_local_cluster, (pytest.mark.slurm,), ("slurm_cluster",)),
