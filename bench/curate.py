@@ -136,6 +136,12 @@ def count_lines(folder: Path) -> int:
     return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.jsonl"))
 
 
+def kept_urls(folder: Path) -> set[str]:
+    """The URLs of the documents a pipeline kept (the two name documents differently, not their URLs)."""
+    return {json.loads(line)["metadata"]["url"] for p in folder.glob("*.jsonl")
+            for line in p.read_text(encoding="utf-8").splitlines() if line}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, action="append", help="directory of HTML files (repeatable)")
@@ -163,6 +169,10 @@ def main() -> int:
         print(f"fineweb-recipe datatrove: {fineweb_s:7.1f} s  {docs / fineweb_s:7.1f} docs/s  kept {fw_kept}")
         print(f"atom default            : {atom_s:7.1f} s  {docs / atom_s:7.1f} docs/s  kept {atom_kept}")
         print(f"atom + decontamination  : {decon_s:7.1f} s  {docs / decon_s:7.1f} docs/s  kept {decon_kept}")
+        fw_ids, atom_ids = kept_urls(work / "fineweb_out"), kept_urls(work / "atom" / "out")
+        print(f"kept by both: {len(fw_ids & atom_ids)}; only FineWeb's: {len(fw_ids - atom_ids)} "
+              f"(e.g. {sorted(fw_ids - atom_ids)[:3]}); only atom's: {len(atom_ids - fw_ids)} "
+              f"(e.g. {sorted(atom_ids - fw_ids)[:3]})")
         print(f"speed-up: {fineweb_s / atom_s:.2f}x; decontamination against every eval set costs "
               f"{100 * (decon_s / atom_s - 1):+.1f}% (goal <= +20%)")
     finally:
