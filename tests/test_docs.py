@@ -418,6 +418,9 @@ COMMANDS: dict[str, How] = {
     ".venv/bin/python -m bench.ep": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.scale": How("parse", BENCH, parse_by_help),
     ".venv/bin/python bench/curate.py --tasks 8 --workers 2": How("parse", BENCH, parse_by_help),
+    ".venv/bin/python bench/curate.py --corpus corpora/large/postgresql-doc-15/files --corpus "
+    "corpora/large/gimp-help-en/files --tasks 8 --workers 2": How("parse", BENCH + " (on `make corpus`'s pages)",
+                                                               parse_by_help),
     "OMP_NUM_THREADS=1 .venv/bin/python -m bench.loader": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.checkpoint": How("parse", BENCH, parse_by_help),
     ".venv/bin/python -m bench.eval --release runs/quickstart/release --task arc_easy:mc_5shot --limit 200": How(
