@@ -106,7 +106,8 @@ def offline_language_filter(language_filter_cls):
     return step
 
 
-def atom_pipeline(input_dir: Path, run: Path, decontaminate: bool = False) -> list:
+def atom_pipeline(input_dir: Path, run: Path, decontaminate: bool = False, skip_elements: list[str] | None = None
+                  ) -> list:
     from datatrove.pipeline.writers import JsonlWriter
 
     from core.config import RunConfig
@@ -120,6 +121,7 @@ def atom_pipeline(input_dir: Path, run: Path, decontaminate: bool = False) -> li
     config.stages.minhash.enabled = False
     config.stages.pii.enabled = False
     config.stages.decontamination.enabled = decontaminate  # default evals: builtin (HumanEval) + benchmarks
+    config.stages.extraction.skip_elements = list(skip_elements or [])
     steps = build_phases(config)[0].steps  # no dedup: the per-document phase, then the manifest
     return steps[:-1] + [JsonlWriter(str(run / "out"), compression=None)]  # same writer as the baseline
 
@@ -149,6 +151,8 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--skip-elements", nargs="*", default=[],
+                        help="CSS selectors atom's extraction leaves out (stages.extraction.skip_elements)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="atom-bench-curate-"))
@@ -161,8 +165,10 @@ def main() -> int:
               f"{args.tasks} tasks on {args.workers} workers")
         fineweb_s = timed("fineweb", fineweb_pipeline(input_dir, work / "fineweb_out"), args.tasks, args.workers,
                           work / "logs")
-        atom_s = timed("atom", atom_pipeline(input_dir, work / "atom"), args.tasks, args.workers, work / "logs")
-        decon_s = timed("atom_decontam", atom_pipeline(input_dir, work / "atom_decontam", decontaminate=True),
+        atom_s = timed("atom", atom_pipeline(input_dir, work / "atom", skip_elements=args.skip_elements), args.tasks,
+                       args.workers, work / "logs")
+        decon_s = timed("atom_decontam", atom_pipeline(input_dir, work / "atom_decontam", decontaminate=True,
+                                                       skip_elements=args.skip_elements),
                         args.tasks, args.workers, work / "logs")
         fw_kept, atom_kept = count_lines(work / "fineweb_out"), count_lines(work / "atom" / "out")
         decon_kept = count_lines(work / "atom_decontam" / "out")

@@ -76,7 +76,24 @@ class ExtractionConfig(ConfigModel):
     enabled: bool = True
     extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
     main_content: bool = True  # resiliparse: boilerplate removal
+    # resiliparse: CSS selectors of elements left out of the text, e.g. [".navheader", ".navfooter"] for the
+    # navigation blocks of DocBook manuals (which repeat the page title; see docs/benchmarks.md)
+    skip_elements: list[str] = Field(default_factory=list)
     favour_precision: bool = True  # trafilatura
+
+    @field_validator("skip_elements")
+    @classmethod
+    def _selectors_parse(cls, selectors: list[str]) -> list[str]:
+        from resiliparse.parse.html import HTMLTree
+
+        probe = HTMLTree.parse("<p></p>").body
+        assert probe is not None  # a parsed document always has a body
+        for selector in selectors:
+            try:
+                probe.query_selector_all(selector)
+            except Exception as exc:  # noqa: BLE001 - resiliparse's CSSParserException and kin
+                raise ValueError(f"{selector!r} is not a CSS selector ({exc})") from None
+        return selectors
 
 
 class LanguageConfig(ConfigModel):

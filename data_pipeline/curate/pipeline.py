@@ -155,7 +155,8 @@ def _filter_steps(config: CurateConfig, run: Path, sources: list[dict[str, Any]]
     names = ["read"]
     if stages.extraction.enabled:
         e = stages.extraction
-        steps.append(Extract(counts, _excluded(run, "extract"), e.extractor, e.main_content, e.favour_precision))
+        steps.append(Extract(counts, _excluded(run, "extract"), e.extractor, e.main_content, e.favour_precision,
+                             e.skip_elements))
         names.append("extract")
     if pii is not None:
         steps.append(MaskPII(counts, pii))

@@ -49,3 +49,24 @@ def test_disabled_stages_leave_the_plan(tmp_path):
     names = [p.name for p in build_phases(config)]
     assert names == ["curate", "manifest"]
     assert not any("url_filter" in line for line in plan(config))
+
+
+def test_extraction_skip_elements_leave_navigation_out_and_bad_selectors_are_refused():
+    """A DocBook page's navigation header repeats its title; skipping it by CSS selector leaves the title once.
+    A selector that does not parse is a config error naming it, before any work."""
+    from pydantic import ValidationError
+
+    from data_pipeline.curate.config import ExtractionConfig
+    from data_pipeline.curate.steps.transform import resiliparse_extract
+
+    page = ('<html><body><div class="navheader"><table><tr><th>21.14. BSD Authentication</th></tr>'
+            '<tr><td>Prev</td><td>Up</td><td>Next</td></tr></table></div><div class="sect1"><h1>21.14. BSD '
+            'Authentication</h1><p>This authentication method operates similarly to password.</p></div>'
+            '<div class="navfooter"><table><tr><td>Prev</td><td>Home</td><td>Next</td></tr></table></div>'
+            '</body></html>')
+    assert resiliparse_extract(page, True).count("BSD Authentication") == 2
+    cfg = ExtractionConfig(skip_elements=[".navheader", ".navfooter"])
+    text = resiliparse_extract(page, True, cfg.skip_elements)
+    assert text.count("BSD Authentication") == 1 and "Prev" not in text and "similarly to password" in text
+    with pytest.raises(ValidationError, match="'div..x' is not a CSS selector"):
+        ExtractionConfig(skip_elements=["div..x"])

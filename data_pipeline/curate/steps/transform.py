@@ -40,13 +40,14 @@ def cached(key: str, build):
 # ---------------------------------------------------------------------------------------------
 
 
-def resiliparse_extract(html: str, main_content: bool) -> str:
+def resiliparse_extract(html: str, main_content: bool, skip_elements: list[str] | None = None) -> str:
     from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
 
     tree = HTMLTree.parse(html)
     return extract_plain_text(tree, main_content=main_content, alt_texts=False, links=False,
-                              form_fields=False, noscript=False, list_bullets=True)
+                              form_fields=False, noscript=False, list_bullets=True,
+                              skip_elements=skip_elements or None)
 
 
 def trafilatura_extract(html: str, favour_precision: bool) -> str:
@@ -67,18 +68,19 @@ class Extract(CurationStep):
     exclusion_text = False
 
     def __init__(self, counts_dir: str, exclusion_dir: str, extractor: str, main_content: bool = True,
-                 favour_precision: bool = True):
+                 favour_precision: bool = True, skip_elements: list[str] | None = None):
         super().__init__(counts_dir, exclusion_dir)
         self.extractor = extractor
         self.main_content = main_content
         self.favour_precision = favour_precision
+        self.skip_elements = list(skip_elements or [])
 
     def process(self, doc: Document) -> Document | str:
         if not doc.metadata.pop("html", False):
             return doc
         try:
             if self.extractor == "resiliparse":
-                text = resiliparse_extract(doc.text, self.main_content)
+                text = resiliparse_extract(doc.text, self.main_content, self.skip_elements)
             else:
                 text = trafilatura_extract(doc.text, self.favour_precision)
         except Exception:  # a page the extractor cannot parse is a drop with a reason, not a crash
