@@ -10,7 +10,10 @@ module, and `_run_for_rank` (datatrove's per-task entry point) routes the logs b
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import datatrove.executor.base as executor_base
@@ -58,3 +61,28 @@ class SlurmExecutor(SlurmPipelineExecutor):
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
         route_datatrove_logs()
         return super()._run_for_rank(rank, local_rank, node_rank)
+
+
+class SlurmArrayExecutor(SlurmExecutor):
+    """The job array alone, without datatrove's follow-up job that merges the tasks' stats: a caller that
+    consumes the tasks' outputs and then removes the logging directory (tokenize) must not race it."""
+
+    def launch_merge_stats(self) -> None:
+        return None
+
+
+def wait_for_completions(done: list[Path], slurm: Any, logs: Path) -> None:
+    """Block until every path in `done` exists (datatrove's completion markers of a submitted SLURM chain);
+    fail when the time limit passes, or when none of our jobs (`slurm.job_name` prefix) is queued any more
+    for three polls in a row while markers are missing."""
+    deadline = time.monotonic() + slurm.timeout_minutes * 60
+    idle_polls = 0
+    while not all(p.exists() for p in done):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"SLURM run did not finish within {slurm.timeout_minutes} minutes")
+        time.sleep(slurm.poll_seconds)
+        queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
+        ours = [line for line in queue.stdout.splitlines() if line.startswith(slurm.job_name)]
+        idle_polls = idle_polls + 1 if queue.returncode == 0 and not ours else 0
+        if idle_polls >= 3 and not all(p.exists() for p in done):
+            raise RuntimeError(f"SLURM jobs ended but the run is incomplete; see {logs}")

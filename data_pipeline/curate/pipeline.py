@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from core.manifest import content_name, file_record, recorded_config
 from core.rundir import RunDir
 from data_pipeline.curate.config import CurateConfig, check_inputs
-from data_pipeline.curate.executors import LocalExecutor, SlurmExecutor, route_datatrove_logs
+from data_pipeline.curate.executors import LocalExecutor, SlurmExecutor, route_datatrove_logs, wait_for_completions
 from data_pipeline.curate.steps.accounting import AccountedStep, exclusion_record
 from data_pipeline.curate.steps.decontam import NAMED_EVALS, Decontaminate, eval_files
 from data_pipeline.curate.steps.read import RankFileReader, RankFileWriter, SourceReader, list_source_files
@@ -330,19 +329,8 @@ def run(config: CurateConfig) -> dict[str, Any] | None:
 
 
 def wait_for_slurm(run: Path, config: CurateConfig) -> None:
-    done = run / "work" / "logs" / "manifest" / "completions" / "00000"
-    deadline = time.monotonic() + config.executor.slurm.timeout_minutes * 60
-    job_prefix = config.executor.slurm.job_name
-    idle_polls = 0
-    while not done.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"SLURM run did not finish within {config.executor.slurm.timeout_minutes} minutes")
-        time.sleep(config.executor.slurm.poll_seconds)
-        queue = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True)
-        ours = [line for line in queue.stdout.splitlines() if line.startswith(job_prefix)]
-        idle_polls = idle_polls + 1 if queue.returncode == 0 and not ours else 0
-        if idle_polls >= 3 and not done.exists():
-            raise RuntimeError(f"SLURM jobs ended but the run is incomplete; see {run / 'work' / 'slurm_logs'}")
+    wait_for_completions([run / "work" / "logs" / "manifest" / "completions" / "00000"], config.executor.slurm,
+                         run / "work" / "slurm_logs")
 
 
 def print_summary(run: Path) -> dict[str, Any]:

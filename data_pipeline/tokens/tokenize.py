@@ -10,18 +10,20 @@ closed once it holds `shard_tokens` tokens; documents are never split. Every che
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.config import ConfigError, ConfigModel, StageConfig
 from core.manifest import code_version, content_name, file_record, recorded_config, sha256_file
 from core.rundir import RunDir, recorded_inputs, write_json
 from core.stage import Stage
+from data_pipeline.curate.config import SlurmConfig
 from data_pipeline.tokenizer.train import FILES as TOKENIZER_FILES
 from data_pipeline.tokenizer.train import TOKENIZER_FILE
 from data_pipeline.tokens import format as fmt
@@ -32,11 +34,21 @@ from data_pipeline.tokens.manifest import DatasetManifest
 
 
 class TokenizeExecutorConfig(ConfigModel):
-    """How the encoding is spread (see encode_tasks.py): tasks over curated files, run `workers` at a time.
-    The output does not depend on either, so they may change when a run resumes."""
+    """How the encoding is spread (see encode_tasks.py): tasks over curated files, run `workers` at a time,
+    here or as a SLURM job array (datatrove's executors, as curation). The output does not depend on any of
+    it, so it may change when a run resumes."""
 
+    kind: Literal["local", "slurm"] = "local"
     tasks: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
+    slurm: SlurmConfig = Field(default_factory=lambda: SlurmConfig(job_name="atom-tokenize"))
+
+    @model_validator(mode="after")
+    def _waits(self) -> TokenizeExecutorConfig:
+        if self.kind == "slurm" and not self.slurm.wait:
+            raise ValueError("executor.slurm.wait=false: tokenize writes its shards once every encode task has "
+                             "finished, so it waits for the job array")
+        return self
 
 
 class TokenizeConfig(StageConfig):
@@ -250,14 +262,30 @@ def run(config: TokenizeConfig) -> Path:
 
 def _encode(root: Path, curated: CuratedRun, dtype: str, config: TokenizeConfig) -> None:
     """Every curated file encoded into its part under work/parts, by `executor.tasks` datatrove tasks."""
-    from data_pipeline.curate.executors import LocalExecutor, route_datatrove_logs
+    from data_pipeline.curate.executors import (
+        LocalExecutor,
+        SlurmArrayExecutor,
+        route_datatrove_logs,
+        wait_for_completions,
+    )
 
     route_datatrove_logs()
-    step = EncodeFiles([str(f) for f in curated.files], str(root / PARTS_DIR), str(config.tokenizer), dtype,
-                       config.special_tokens_in_text, config.batch_size)
+    step = EncodeFiles([str(f.resolve()) for f in curated.files], str((root / PARTS_DIR).resolve()),
+                       str(Path(config.tokenizer).resolve()), dtype, config.special_tokens_in_text, config.batch_size)
     ex = config.executor
-    LocalExecutor([step], tasks=ex.tasks, workers=min(ex.workers, ex.tasks), logging_dir=str(root / LOGS_DIR),
-                  skip_completed=True).run()
+    logging_dir = root.resolve() / LOGS_DIR
+    if ex.kind == "local":
+        LocalExecutor([step], tasks=ex.tasks, workers=min(ex.workers, ex.tasks), logging_dir=str(logging_dir),
+                      skip_completed=True).run()
+        return
+    s = ex.slurm
+    slurm_logs = root.resolve() / WORK_DIR / "slurm_logs"
+    SlurmArrayExecutor([step], tasks=ex.tasks, workers=ex.workers, time=s.time, partition=s.partition,
+                  cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb, qos=s.qos, job_name=s.job_name,
+                  env_command=s.env_command or f"source {Path(sys.prefix) / 'bin' / 'activate'}",
+                  sbatch_args=dict(s.sbatch_args), logging_dir=str(logging_dir), slurm_logs_folder=str(slurm_logs),
+                  skip_completed=True, mail_type="NONE").run()
+    wait_for_completions([logging_dir / "completions" / f"{rank:05d}" for rank in range(ex.tasks)], s, slurm_logs)
 
 
 def _write_shards(root: Path, curated: CuratedRun, dtype: str, config: TokenizeConfig

@@ -68,3 +68,27 @@ def test_a_part_that_disagrees_with_its_lengths_is_refused(inputs, tmp_path, mon
     with pytest.raises(ConfigError, match=r"00000\.tokens: \d+ tokens, its lengths say \d+"):
         tokenize(cfg)
     assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_encode_tasks_as_a_slurm_job_array_write_the_same_bytes(inputs, slurm_cluster, tmp_path):
+    """executor.kind=slurm: the encode tasks run as a job array on the local cluster's nodes, the merge waits
+    for every task, and the dataset is byte-identical to the one-task local run."""
+    curated, tokenizer, one = inputs
+    run = tokenize(tokenize_config(tmp_path / "slurm", curated, tokenizer, shard_tokens=9_000, batch_size=7,
+                                   executor={"kind": "slurm", "tasks": 3, "workers": 2,
+                                             "slurm": {"partition": "debug", "poll_seconds": 1,
+                                                       "timeout_minutes": 10}}))
+    skip = ("config.yaml", "logs", "inputs.json")
+    assert hashes(run, skip) == hashes(one, skip)
+    assert not (run / "work").exists()
+
+
+def test_a_slurm_executor_that_would_not_wait_is_refused():
+    from pydantic import ValidationError
+
+    from data_pipeline.tokens.tokenize import TokenizeExecutorConfig
+
+    with pytest.raises(ValidationError, match="executor.slurm.wait=false"):
+        TokenizeExecutorConfig(kind="slurm", slurm={"wait": False})
