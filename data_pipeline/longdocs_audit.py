@@ -25,16 +25,20 @@ from core.audit import AuditReport, agree
 from core.config import ConfigError, load_config
 from core.manifest import sha256_file
 from core.rundir import CONFIG_FILE
-from data_pipeline.curate.audit import check_contract, check_outputs, check_stated_chain
+from data_pipeline.curate.audit import (
+    check_allowed_licenses,
+    check_contract,
+    check_outputs,
+    check_required,
+    check_stated_chain,
+)
 from data_pipeline.longdocs import LongDocsConfig, drop_reason
 from data_pipeline.tokens.curated import CURATED_DIR, MANIFEST, open_curated
 
 
 def audit_longdocs(root: Path, manifest: dict[str, Any], report: AuditReport, allow: list[str] | None) -> None:
     """Every check in the module docstring on the longdocs run at `root`."""
-    required = {"stages": list, "outputs": list, "sources": dict, "parent": dict}
-    bad = [f"{key} ({kind.__name__})" for key, kind in required.items() if not isinstance(manifest.get(key), kind)]
-    if not report.add(MANIFEST, "required keys", not bad, f"missing or mistyped: {', '.join(bad)}"):
+    if not check_required(manifest, {"stages": list, "outputs": list, "sources": dict, "parent": dict}, report):
         return
     curated = check_outputs(root, manifest, report)
     check_contract(root, report)
@@ -64,9 +68,7 @@ def _check_sources(manifest: dict[str, Any], rows: list[dict[str, Any]], report:
     stated = {name: {"documents": s.get("documents"), "bytes": s.get("bytes")}
               for name, s in manifest["sources"].items() if isinstance(s, dict)}
     agree(report, MANIFEST, "sources (documents, bytes)", stated, dict(sorted(counted.items())), CURATED_DIR)
-    if allow is not None:
-        outside = sorted({row["license"] for row in rows} - set(allow))
-        report.add(CURATED_DIR, "licenses within allow-list", not outside, f"{', '.join(outside)} not in {allow}")
+    check_allowed_licenses(rows, allow, report)
 
 
 def _parent(root: Path, manifest: dict[str, Any], report: AuditReport) -> Path | None:

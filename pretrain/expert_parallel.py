@@ -100,7 +100,7 @@ class ExpertParallel:
         arrived = self.exchange(rows, out_splits, in_splits)
         perm, local_counts = dispatch_plan(received)
         out = experts(arrived[perm], local_counts)
-        back = out[torch.argsort(perm)]
+        back = torch.empty_like(out).index_copy_(0, perm, out)  # the inverse permutation, without a sort
         return self.exchange(back, in_splits, out_splits), sum(out_splits)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,7 @@ Rows = dict[str, list[dict[str, Any]]]  # file (relative to the run) -> its JSON
 
 def audit_curation(root: Path, manifest: dict[str, Any], report: AuditReport, allow: list[str] | None) -> None:
     """Every check below on the run at `root`, whose manifest.json is `manifest`."""
-    bad = [f"{key} ({kind.__name__})" for key, kind in REQUIRED.items() if not isinstance(manifest.get(key), kind)]
-    if not report.add(MANIFEST, "required keys", not bad, f"missing or mistyped: {', '.join(bad)}"):
+    if not check_required(manifest, REQUIRED, report):
         return
     curated = check_outputs(root, manifest, report)
     quarantine = read_jsonl(root, QUARANTINE_DIR, report)
@@ -71,6 +71,19 @@ def audit_curation(root: Path, manifest: dict[str, Any], report: AuditReport, al
     check_decontamination_report(root, manifest, excluded.get(DECONTAM_STAGE, {}), report)
     check_throughput_report(root, manifest, report)
     check_contract(root, report)
+
+
+def check_required(manifest: dict[str, Any], required: Mapping[str, type], report: AuditReport) -> bool:
+    """The keys a run's checks read are there with their types (else one failed check listing them)."""
+    bad = [f"{key} ({kind.__name__})" for key, kind in required.items() if not isinstance(manifest.get(key), kind)]
+    return report.add(MANIFEST, "required keys", not bad, f"missing or mistyped: {', '.join(bad)}")
+
+
+def check_allowed_licenses(rows: list[dict[str, Any]], allow: list[str] | None, report: AuditReport) -> None:
+    """Every curated row's license is in the allow-list, when there is one."""
+    if allow is not None:
+        outside = sorted({row["license"] for row in rows} - set(allow))
+        report.add(CURATED_DIR, "licenses within allow-list", not outside, f"{', '.join(outside)} not in {allow}")
 
 
 def check_outputs(root: Path, manifest: dict[str, Any], report: AuditReport) -> dict[str, Any] | None:

@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 
 from core.audit import AuditReport, agree
 from core.manifest import verify_file_record
-from data_pipeline.curate.audit import check_contract, check_outputs, check_stated_chain
+from data_pipeline.curate.audit import (
+    check_allowed_licenses,
+    check_contract,
+    check_outputs,
+    check_required,
+    check_stated_chain,
+)
 from data_pipeline.synthetic.records import DROP_DUPLICATE, DROP_EXTRA, DROP_MALFORMED, DROP_WRONG
 from data_pipeline.synthetic.stage import MANIFEST, QUARANTINE_DIR, RECORDS_FILE
 from data_pipeline.tokens.curated import CURATED_DIR
@@ -39,8 +45,7 @@ TRACE_STAGES = ("sample", "verify", "select")  # in order, each takes in what th
 def audit_synthetic(root: Path, manifest: dict[str, Any], report: AuditReport, allow: list[str] | None) -> None:
     """Every check in the module docstring on the synth run at `root`."""
     required = {"stages": list, "outputs": list, "sources": dict, "quarantine": dict, "records": dict}
-    bad = [f"{key} ({kind.__name__})" for key, kind in required.items() if not isinstance(manifest.get(key), kind)]
-    if not report.add(MANIFEST, "required keys", not bad, f"missing or mistyped: {', '.join(bad)}"):
+    if not check_required(manifest, required, report):
         return
     curated = check_outputs(root, manifest, report)
     check_stated_chain_within(manifest, report)
@@ -117,9 +122,7 @@ def _check_sources(manifest: dict[str, Any], records: list[dict[str, Any]], rows
     recounted = {name: {**s, "licenses": dict(sorted(s["licenses"].items())),
                         "generators": dict(sorted(s["generators"].items()))} for name, s in sorted(sources.items())}
     agree(report, MANIFEST, "sources", manifest["sources"], recounted, f"{CURATED_DIR}/ and {RECORDS_FILE}")
-    if allow is not None:
-        outside = sorted({row["license"] for row in rows} - set(allow))
-        report.add(CURATED_DIR, "licenses within allow-list", not outside, f"{', '.join(outside)} not in {allow}")
+    check_allowed_licenses(rows, allow, report)
 
 
 def _nbytes(texts: Any) -> int:

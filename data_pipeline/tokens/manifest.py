@@ -60,25 +60,31 @@ class DatasetTokenizer(ManifestModel):
     files: list[FileRecord]
 
 
-class DatasetManifest(VersionedManifest):
-    """manifest.json of a token dataset: the shards, the provenance table, the sources and the tokenizer."""
-
-    SCHEMAS: ClassVar[tuple[str, ...]] = (DATASET_SCHEMA,)
+class TokenStreamManifest(VersionedManifest):
+    """What a dataset's and a mixture's manifest.json both state: identity, the recorded config, the token
+    dtype and counts, and the digests of what the stage read."""
 
     schema_: str = Field(alias="schema")
     kind: str
     code_version: str
     config: dict[str, Any]
     dtype: str
-    eos_appended: bool
     n_tokens: int = Field(ge=0)
     n_docs: int = Field(ge=0)
+    inputs: dict[str, str] | None = None  # digests of what the stage read (older manifests lack it)
+
+
+class DatasetManifest(TokenStreamManifest):
+    """manifest.json of a token dataset: the shards, the provenance table, the sources and the tokenizer."""
+
+    SCHEMAS: ClassVar[tuple[str, ...]] = (DATASET_SCHEMA,)
+
+    eos_appended: bool
     shards: list[Shard]
     provenance: ProvenanceRecord
     sources: dict[str, DatasetSource]
     tokenizer: DatasetTokenizer
     curation: dict[str, Any] | None  # the curated run's identity and stage counts (CuratedRun.inherited)
-    inputs: dict[str, str] | None = None  # digests of what the stage read (older manifests lack it)
 
 
 class MixtureTokenizer(ManifestModel):
@@ -122,23 +128,15 @@ class Sequence(ManifestModel):
     table: FileRecord
 
 
-class MixtureManifest(VersionedManifest):
+class MixtureManifest(TokenStreamManifest):
     """manifest.json of a mixture: the datasets, the realised per-source counts and the document sequence."""
 
     SCHEMAS: ClassVar[tuple[str, ...]] = (MIXTURE_SCHEMA,)
 
-    schema_: str = Field(alias="schema")
-    kind: str
-    code_version: str
-    config: dict[str, Any]
-    dtype: str
     tokenizer: MixtureTokenizer
     datasets: list[MixedDataset]
     target_tokens: int = Field(ge=0)
-    n_tokens: int = Field(ge=0)
-    n_docs: int = Field(ge=0)
     sources: dict[str, MixtureSource]
     excluded_sources: dict[str, ExcludedSource]
     sequence: Sequence
     curation: list[dict[str, Any] | None]
-    inputs: dict[str, str] | None = None  # digests of what the stage read (older manifests lack it)

@@ -136,8 +136,7 @@ class Transformer(nn.Module):
         load = torch.stack([torch.stack([m.tokens_per_expert, m.pending_load]) for m in layers.values()])
         received = torch.stack([m.tokens_received for m in layers.values()])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            load = load.clone()
-            dist.all_reduce(load)
+            dist.all_reduce(load)  # a stacked copy: the buffers themselves stay per rank
             gathered = [torch.empty_like(received) for _ in range(dist.get_world_size())]
             dist.all_gather(gathered, received)
             per_rank = torch.stack(gathered, dim=1)
@@ -170,8 +169,9 @@ class Transformer(nn.Module):
         imbalance (1.0 is perfect balance), and under expert parallelism the rows each rank's experts received;
         as flat names ready for a metrics logger. Call on every rank (collective)."""
         stats: dict[str, float] = {}
+        layers = self.moe_layers()
         for i, (counts, _, received) in self._counts_over_ranks().items():
-            moe = self.moe_layers()[i]
+            moe = layers[i]
             if reset:
                 moe.reset_load()
             total = counts.sum().item()
