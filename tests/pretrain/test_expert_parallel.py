@@ -15,6 +15,7 @@ from atom.cli import main
 from pretrain.checkpoint import KILL_AT, list_checkpoints
 from pretrain.config import PretrainConfig
 from pretrain.expert_parallel import dispatch_plan
+from pretrain.metrics import read_jsonl, reproducible
 from pretrain.stage import run as pretrain
 from tests.pretrain.fixtures import build_token_dataset
 from tests.pretrain.fixtures import tiny_pretrain as _tiny_pretrain
@@ -133,6 +134,9 @@ def test_ep_kill_one_rank_and_restart_equals_uninterrupted(dataset: Path, tmp_pa
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     for name in ("train_tokens.jsonl", "summary.json"):
         assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    # the metrics too, expert load summed over ranks and rows received per rank included
+    assert [reproducible(r) for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == [
+        reproducible(r) for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl")]
 
 
 @pytest.mark.distributed
